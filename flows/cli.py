@@ -1,0 +1,144 @@
+"""The `semid` command line: one typer app over the pipeline steps and the retrain flow."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.config import Config, ConfigError, load_config
+from tasks.errors import PipelineError
+
+console = Console()
+app = typer.Typer(
+    help="Retraining pipeline for semantic-ID recommenders.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+data_app = typer.Typer(help="Fetch, list and validate datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="params.yaml to read.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override one key, e.g. --set quantizer.levels=4.")
+]
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user-fixable errors as one clear message (no traceback) and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (PipelineError, ConfigError) as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _cfg(config: Path, sets: list[str] | None, dataset: str | None = None) -> Config:
+    cfg = load_config(config, sets)
+    if dataset is not None and dataset != cfg.data.dataset and cfg.data.local is not None:
+        cfg.data.local = None  # the local section belongs to the configured dataset only
+    return cfg
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch(
+    name: str,
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    record: Annotated[bool, typer.Option(help="Record the snapshot with DVC (data.dvc).")] = True,
+) -> None:
+    """Snapshot dataset NAME into data/raw/NAME (checksum-verified) and record it with DVC."""
+    from tasks import ingest
+
+    cfg = _cfg(config, set_, name)
+    with console.status(f"fetching {name}"):
+        dest = ingest.fetch(name, cfg)
+    console.print(f"[green]fetched[/] {name} -> {dest}")
+    if record:
+        from tasks import versioning
+
+        digest = versioning.record_raw(cfg)
+        if digest:
+            console.print(f"recorded data/raw with DVC ({digest})")
+
+
+@data_app.command("validate")
+@friendly
+def data_validate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Validate data/raw/NAME with Great Expectations and write data/processed/NAME."""
+    from tasks import validate
+
+    cfg = _cfg(config, set_, name)
+    with console.status(f"validating {name}"):
+        stats = validate.validate(name, cfg)
+    table = Table(title=f"{name}: validated")
+    for key in ("users", "items", "interactions", "text_coverage"):
+        table.add_column(key, justify="right")
+    counts = (f"{stats[k]:,}" for k in ("users", "items", "interactions"))
+    table.add_row(*counts, f"{stats['text_coverage']:.1%}")
+    console.print(table)
+    console.print(f"processed data and GX data docs: {Path(cfg.data.root) / 'processed' / name}")
+
+
+@data_app.command("ingest")
+@friendly
+def data_ingest(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Fetch (without DVC recording) then validate NAME: the `ingest` + `validate` steps in one go."""
+    data_fetch(name, config, set_, record=False)
+    data_validate(name, config, set_)
+
+
+@data_app.command("list")
+@friendly
+def data_list(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Table of known datasets: users, items, interactions, text, fetched?"""
+    import json
+
+    from tasks import ingest
+
+    cfg = _cfg(config, set_)
+    names = list(ingest.registry())
+    if cfg.data.local is not None and cfg.data.dataset not in names:
+        names.append(cfg.data.dataset)
+    table = Table(title="datasets")
+    for col in ("name", "users", "items", "interactions", "text", "fetched?"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for name in names:
+        spec = ingest.get_spec(name, cfg)
+        stats_file = Path(cfg.data.root) / "processed" / name / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+        fetched = ingest.raw_dir(cfg, name).exists()
+        table.add_row(
+            name,
+            *(f"{stats[k]:,}" if k in stats else "-" for k in ("users", "items", "interactions")),
+            "yes" if spec.has_text else "no",
+            "yes" if fetched else "no",
+        )
+    console.print(table)
+
+
+@app.command("run")
+@friendly
+def run(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Run the pipeline once on the configured dataset (default ml-100k)."""
+    cfg = _cfg(config, set_)
+    data_fetch(cfg.data.dataset, config, set_, record=os.environ.get("SEMID_NO_DVC") is None)
+    data_validate(cfg.data.dataset, config, set_)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
