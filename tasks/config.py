@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,13 @@ class DataConfig(_Strict):
     min_text_coverage: float = Field(0.95, ge=0.0, le=1.0)
     dvc_remote: str | None = None
     local: LocalSource | None = None
+
+    @model_validator(mode="after")
+    def _mirror_from_env(self) -> DataConfig:
+        env = os.environ.get("SEMID_DATA_MIRROR")
+        if env and not self.mirror:
+            object.__setattr__(self, "mirror", env)
+        return self
 
 
 class EmbedConfig(_Strict):
@@ -110,14 +117,6 @@ class Config(_Strict):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     quantizer: QuantizerConfig = Field(default_factory=QuantizerConfig)
     diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
-
-    @field_validator("data")
-    @classmethod
-    def _mirror_from_env(cls, v: DataConfig) -> DataConfig:
-        env = os.environ.get("SEMID_DATA_MIRROR")
-        if env and not v.mirror:
-            v.mirror = env
-        return v
 
     def digest(self) -> str:
         """Short stable hash of the effective configuration (for tags and cache keys)."""

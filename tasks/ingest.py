@@ -20,8 +20,10 @@ import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -206,6 +208,10 @@ def fetch(name: str, cfg: Config) -> Path:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.move(str(staging), dest)
+    except ChecksumError as err:
+        qdir = quarantine(cfg, name, {"success": False, "checksum_error": str(err)}, str(err), src=staging)
+        where = f"quarantined in {qdir}; data/raw/{name} was not changed"
+        raise ChecksumError(f"{err.problem} ({where})", err.fix) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_manifest(cfg, name)
@@ -220,6 +226,19 @@ def write_manifest(cfg: Config, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"dataset": name, "files": files}, indent=2, sort_keys=True) + "\n")
     return target
+
+
+def quarantine(cfg: Config, name: str, report: dict[str, Any], text: str, src: Path | None = None) -> Path:
+    """Copy a rejected raw batch plus the report into data/quarantine/NAME/<UTC time>/."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    qdir = Path(cfg.data.root) / "quarantine" / name / stamp
+    qdir.mkdir(parents=True, exist_ok=True)
+    src = raw_dir(cfg, name) if src is None else src
+    if src.exists():
+        shutil.copytree(src, qdir / "raw")
+    (qdir / "gx_result.json").write_text(json.dumps(report, indent=2, default=str))
+    (qdir / "report.txt").write_text(text + "\n")
+    return qdir
 
 
 # ----------------------------------------------------------------------------- parsing

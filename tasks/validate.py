@@ -12,7 +12,6 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pandas as pd
 
 from tasks.config import Config
 from tasks.errors import PipelineError
-from tasks.ingest import RawTables, get_spec, parse, raw_dir, sha256_file
+from tasks.ingest import RawTables, get_spec, parse, quarantine, raw_dir, sha256_file
 
 ID_TYPES = ["StringDtype"]  # ids are normalised to pandas' nullable string dtype by ingest.parse
 NUM_TYPES = ["int64", "int32", "Int64", "Int32", "float64", "float32", "Float64", "uint32", "uint64"]
@@ -167,18 +166,6 @@ def _describe(failures: list[dict[str, Any]], name: str, quarantine: Path) -> st
         lines.append(f"      fix: {f['fix']}")
     lines.append(f"Raw batch and GX results quarantined in {quarantine}; data/processed/{name} was not changed.")
     return "\n".join(lines)
-
-
-def quarantine(cfg: Config, name: str, report: dict[str, Any], text: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    qdir = Path(cfg.data.root) / "quarantine" / name / stamp
-    qdir.mkdir(parents=True, exist_ok=True)
-    src = raw_dir(cfg, name)
-    if src.exists():
-        shutil.copytree(src, qdir / "raw")
-    (qdir / "gx_result.json").write_text(json.dumps(report, indent=2, default=str))
-    (qdir / "report.txt").write_text(text + "\n")
-    return qdir
 
 
 def canonicalize(raw: RawTables) -> dict[str, pd.DataFrame]:

@@ -1,0 +1,51 @@
+"""`dvc repro` on a fresh copy of the project (small local slice): runs, then a second run is a no-op."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO, tiny_tables
+
+
+def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_dvc_repro_twice_is_noop(tmp_path):
+    work = tmp_path / "proj"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in files.split():
+        if rel.startswith(("tests/", "benchmarks/")):
+            continue
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, work / rel)
+    items, inter = tiny_tables()
+    src = tmp_path / "src"
+    src.mkdir()
+    items.to_parquet(src / "items.parquet")
+    inter.to_parquet(src / "events.parquet")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["dataset"] = "shop"
+    params["data"]["local"] = {"items": str(src / "items.parquet"), "interactions": str(src / "events.parquet"),
+                               "user_col": "customer", "item_col": "sku", "timestamp_col": "ts",
+                               "text_cols": ["title", "brand"]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "SEMID_NO_DVC"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "commit", "-qm", "init"]):
+        _sh(cmd, work, env)
+    first = _sh(["dvc", "repro"], work, env)
+    assert "Running stage 'ingest'" in first and "Running stage 'validate'" in first
+    assert (work / "data" / "processed" / "shop" / "interactions.parquet").exists()
+    second = _sh(["dvc", "repro"], work, env)
+    assert "Running stage" not in second
+    assert "Data and pipelines are up to date" in second
