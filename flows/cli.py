@@ -127,6 +127,73 @@ def data_list(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> N
     console.print(table)
 
 
+@app.command("embed")
+@friendly
+def embed(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Embed item texts of NAME (cached by text hash) into data/features/NAME/."""
+    from tasks import embed as step
+
+    manifest = step.embed(name, _cfg(config, set_, name), progress=True)
+    console.print(
+        f"[green]embedded[/] {manifest['items']:,} items with {manifest['model']} (dim {manifest['dim']}): "
+        f"{manifest['encoded']:,} encoded, {manifest['cached']:,} from cache, {manifest['seconds']:.1f} s"
+    )
+
+
+@app.command("quantize")
+@friendly
+def quantize(
+    name: str,
+    method: Annotated[str | None, typer.Option(help="rqvae | rqkmeans | drq (default: quantizer.method)")] = None,
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Fit the quantizer on NAME's embeddings and write unique semantic IDs to data/semantic/NAME/."""
+    from tasks import quantize as step
+
+    sets = list(set_ or []) + ([f"quantizer.method={method}"] if method else [])
+    cfg = _cfg(config, sets, name)
+    with console.status(f"fitting {cfg.quantizer.method} ({cfg.quantizer.levels} x {cfg.quantizer.codebook_size})"):
+        out = step.quantize(name, cfg)
+    console.print(
+        f"[green]quantized[/] {out['items']:,} items with {out['method']} in {out['fit_seconds']:.1f} s; "
+        f"duplicate rate before resolution {out['pre_duplicate_rate']:.2%}, after {out['final_duplicate_rate']:.2%} "
+        f"({out['collision']['mode']}, {out['collision']['moved']} moved)"
+    )
+
+
+@app.command("diagnose")
+@friendly
+def diagnose(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Codebook diagnostics for NAME: usage, O_pi, K_eff per level, ID uniqueness (table + JSON + PNGs)."""
+    from tasks import diagnose as step
+
+    cfg = _cfg(config, set_, name)
+    with console.status("diagnosing"):
+        diag = step.diagnose(name, cfg)
+    print_diagnostics(diag)
+
+
+def print_diagnostics(diag: dict[str, Any]) -> None:
+    table = Table(title=f"{diag.get('dataset', '')} {diag['method']} codebook diagnostics")
+    for col in ("level", "distance", "active", "perplexity", "gini", "1/sum pi^2", "K_eff", "K_eff/K",
+                "K_eff gauss", "sigma", "resid MSE"):
+        table.add_column(col, justify="right")
+    for lv in diag["levels"]:
+        table.add_row(str(lv["level"]), lv["distance"], f"{lv['active_share']:.1%}", f"{lv['perplexity']:.1f}",
+                      f"{lv['gini']:.3f}", f"{lv['inverse_simpson']:.1f}", f"{lv['k_eff']:.1f}",
+                      f"{lv['k_eff'] / lv['k']:.1%}", f"{lv['k_eff_gaussian']:.1f}", f"{lv['sigma']:.3g}",
+                      f"{lv.get('recon_mse', float('nan')):.3g}")
+    console.print(table)
+    ids = diag["ids"]
+    final = diag.get("final_ids") or {}
+    console.print(
+        f"IDs before resolution: unique coverage {ids['unique_coverage']:.2%}, duplicate rate "
+        f"{ids['duplicate_rate']:.2%}, max items per ID {ids['max_items_per_id']}; final IDs duplicate rate "
+        f"{final.get('duplicate_rate', float('nan')):.2%}; reconstruction MSE {diag['recon_mse']:.4g}"
+    )
+
+
 @app.command("run")
 @friendly
 def run(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:

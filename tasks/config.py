@@ -66,6 +66,7 @@ class EmbedConfig(_Strict):
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = Field(64, ge=1)
     max_items: int | None = Field(None, ge=1)
+    cache_dir: str | None = None  # default: ~/.cache/semid/embeddings
 
 
 Distance = Literal["cosine", "euclidean"]

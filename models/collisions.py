@@ -1,0 +1,76 @@
+"""Make semantic IDs unique: `dedup_level` (TIGER-style extra level) or `reassign` (move colliding items
+to the nearest free last-level codeword, optimal assignment inside each colliding prefix group)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def duplicate_rate(codes: np.ndarray) -> float:
+    """1 - unique IDs / items."""
+    n = len(codes)
+    return 0.0 if n == 0 else 1.0 - len(np.unique(codes, axis=0)) / n
+
+
+def dedup_level(codes: np.ndarray) -> np.ndarray:
+    """Append a level numbering the items that share a full code (0, 1, 2, ... in item order)."""
+    _, inverse = np.unique(codes, axis=0, return_inverse=True)
+    extra = np.zeros(len(codes), dtype=np.int64)
+    seen: dict[int, int] = defaultdict(int)
+    for i, g in enumerate(inverse.ravel()):
+        extra[i] = seen[g]
+        seen[g] += 1
+    return np.concatenate([codes, extra[:, None]], axis=1)
+
+
+def reassign(codes: np.ndarray, last_cost: np.ndarray) -> tuple[np.ndarray, int]:
+    """Resolve collisions on the last level.
+
+    last_cost [N, K]: cost of giving item i last-level code k (its distance to that codeword).
+    Inside each prefix group (same first L-1 codes) the items that collide, together with the
+    codes they collide on and every code free in that group, form an assignment problem solved
+    optimally (Hungarian); items alone on their code keep it. Groups with more items than codes
+    cannot be made unique on this level: the caller falls back to `dedup_level` for the rest.
+    Returns (new codes, number of items moved).
+    """
+    out = codes.copy()
+    k = last_cost.shape[1]
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, row in enumerate(codes[:, :-1]):
+        groups[tuple(row)].append(i)
+    moved = 0
+    for members in groups.values():
+        last = codes[members, -1]
+        values, counts = np.unique(last, return_counts=True)
+        if (counts == 1).all():
+            continue
+        clashing = set(values[counts > 1].tolist())
+        movers = [i for i in members if codes[i, -1] in clashing]
+        taken = set(values[counts == 1].tolist())
+        options = [c for c in range(k) if c not in taken]
+        if len(movers) > len(options):
+            continue  # overfull prefix: left for the dedup fallback
+        cost = last_cost[np.ix_(movers, options)]
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols, strict=True):
+            new = options[c]
+            if out[movers[r], -1] != new:
+                moved += 1
+            out[movers[r], -1] = new
+    return out, moved
+
+
+def resolve(codes: np.ndarray, mode: str, last_cost: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Unique final IDs. Returns (ids, info) with the mode actually applied and items moved."""
+    info = {"mode": mode, "moved": 0, "fallback_dedup": False}
+    if mode == "dedup_level":
+        return dedup_level(codes), info
+    if last_cost is None:
+        raise ValueError("reassign needs the last-level cost matrix")
+    ids, info["moved"] = reassign(codes, last_cost)
+    if duplicate_rate(ids) > 0:
+        ids, info["fallback_dedup"] = dedup_level(ids), True
+    return ids, info

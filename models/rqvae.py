@@ -1,0 +1,118 @@
+"""RQ-VAE: MLP encoder/decoder around residual codebooks with per-level distance and EMA updates.
+
+As in the unified semantic+ID paper: k-means init, EMA codebook updates, dead codes (used fewer than
+`dead_code_threshold` times in an epoch) re-seeded from current residuals, commitment loss and
+straight-through gradients; distances per level, default [cosine, cosine, euclidean].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.kmeans import assign
+from models.quantizer import Quantizer, residual_kmeans, residual_quantize
+
+
+def mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(Quantizer):
+    method = "rqvae"
+
+    def _dims(self, input_dim: int) -> list[int]:
+        return [input_dim, *[int(h) for h in self.params.get("hidden", [512, 256])], int(self.params.get("dim", 64))]
+
+    def _build(self, input_dim: int) -> None:
+        dims = self._dims(input_dim)
+        self.encoder = mlp(dims)
+        self.decoder = mlp(dims[::-1])
+
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = super().state()
+        for prefix, net in (("encoder", self.encoder), ("decoder", self.decoder)):
+            out.update({f"{prefix}.{k}": v.detach().contiguous() for k, v in net.state_dict().items()})
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state(tensors)
+        for prefix, net in (("encoder", self.encoder), ("decoder", self.decoder)):
+            net.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+
+    def _fit(self, x: torch.Tensor) -> None:
+        p = self.params
+        epochs, bs = int(p.get("epochs", 200)), int(p.get("batch_size", 1024))
+        decay, beta = float(p.get("ema_decay", 0.99)), float(p.get("beta", 0.25))
+        dead = int(p.get("dead_code_threshold", 2))
+        self._build(x.shape[1])
+        gen = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=float(p.get("lr", 1e-3)))
+        with torch.no_grad():  # k-means init of every level on the (untrained) encoder's latents
+            self.codebooks = residual_kmeans(self.encoder(x), self.levels, self.codebook_size, self.distances,
+                                             int(p.get("kmeans_iters", 100)), self.seed)
+        k, n = self.codebook_size, x.shape[0]
+        ema_count = [torch.ones(k) for _ in range(self.levels)]
+        ema_sum = [cb.clone() for cb in self.codebooks]
+        for epoch in range(epochs):
+            usage = torch.zeros(self.levels, k)
+            perm = torch.randperm(n, generator=gen)
+            totals = {"loss": 0.0, "recon": 0.0, "commit": 0.0}
+            for start in range(0, n, bs):
+                xb = x[perm[start:start + bs]]
+                z = self.encoder(xb)
+                residual, zq, commit = z, torch.zeros_like(z), z.new_zeros(())
+                for level in range(self.levels):
+                    idx, _ = assign(residual.detach(), self.codebooks[level], self.distances[level])
+                    q = self.codebooks[level][idx]
+                    commit = commit + F.mse_loss(residual, q)
+                    with torch.no_grad():  # EMA codebook update towards the mean of assigned residuals
+                        counts = torch.bincount(idx, minlength=k).float()
+                        sums = torch.zeros_like(q.new_zeros(k, q.shape[1])).index_add_(0, idx, residual.detach())
+                        ema_count[level].mul_(decay).add_(counts, alpha=1 - decay)
+                        ema_sum[level].mul_(decay).add_(sums, alpha=1 - decay)
+                        total = ema_count[level].sum()
+                        smoothed = (ema_count[level] + 1e-5) / (total + k * 1e-5) * total
+                        self.codebooks[level] = ema_sum[level] / smoothed[:, None]
+                        usage[level] += counts
+                    residual = residual - q
+                    zq = zq + q
+                recon = self.decoder(z + (zq - z).detach())  # straight-through estimator
+                rec_loss = F.mse_loss(recon, xb)
+                loss = rec_loss + beta * commit
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w = len(xb) / n
+                totals["loss"] += float(loss.detach()) * w
+                totals["recon"] += float(rec_loss.detach()) * w
+                totals["commit"] += float(commit.detach()) * w
+            if dead > 0 and epoch < epochs - 1:
+                self._reseed(x, usage, dead, ema_count, ema_sum, gen)
+            self.history.append({"epoch": epoch, **totals, "active": float((usage > 0).float().mean())})
+
+    @torch.no_grad()
+    def _reseed(self, x, usage, threshold, ema_count, ema_sum, gen) -> None:
+        """Move codes used fewer than `threshold` times to random current residuals of their level."""
+        _, residuals = residual_quantize(self.encoder(x), self.codebooks, self.distances)
+        for level in range(self.levels):
+            dead = (usage[level] < threshold).nonzero().flatten()
+            if len(dead) == 0:
+                continue
+            pick = torch.randint(x.shape[0], (len(dead),), generator=gen)
+            fresh = residuals[level][pick]
+            self.codebooks[level][dead] = fresh
+            ema_sum[level][dead] = fresh
+            ema_count[level][dead] = 1.0

@@ -1,0 +1,101 @@
+"""Quantize step: fit the configured quantizer on the item embeddings and write semantic IDs.
+
+data/semantic/NAME/: quantizer/ (safetensors + JSON), codes.npy (pre-resolution codes [N, L]),
+ids.parquet (item_id, source_id, final unique semantic ID), quantize.json (fit time, collisions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from models import build_quantizer
+from models.collisions import duplicate_rate, resolve
+from models.drq import cooccurrence_pairs
+from models.kmeans import pairwise_sq_dist
+from models.quantizer import Quantizer, QuantizerInputError
+from tasks.config import Config, QuantizerConfig
+from tasks.embed import load_embeddings
+from tasks.errors import PipelineError
+from tasks.validate import load_processed
+
+PARAM_KEYS = ("dim", "hidden", "epochs", "batch_size", "lr", "beta", "ema_decay", "dead_code_threshold",
+              "kmeans_iters", "kl_weight", "contrastive_weight")
+
+
+def semantic_dir(cfg: Config, name: str) -> Path:
+    return Path(cfg.data.root) / "semantic" / name
+
+
+def make_quantizer(q: QuantizerConfig) -> Quantizer:
+    params = {k: getattr(q, k) for k in PARAM_KEYS}
+    return build_quantizer(q.method, q.levels, q.codebook_size, list(q.distances), q.seed, **params)
+
+
+def last_level_cost(quantizer: Quantizer, residual_last: torch.Tensor) -> np.ndarray:
+    """Cost [N, K] of giving each item each last-level codeword, in that level's distance."""
+    cb = quantizer.codebooks[-1]
+    if quantizer.distances[-1] == "cosine":
+        return (1 - F.normalize(residual_last, dim=1) @ F.normalize(cb, dim=1).T).numpy()
+    return pairwise_sq_dist(residual_last, cb).numpy()
+
+
+def fit_and_encode(x: np.ndarray, qcfg: QuantizerConfig, pairs: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit + encode + resolve collisions, no I/O. Returns quantizer, codes, ids and timings."""
+    quantizer = make_quantizer(qcfg)
+    start = time.perf_counter()
+    try:
+        quantizer.fit(x, pairs=pairs) if qcfg.method == "drq" else quantizer.fit(x)
+    except QuantizerInputError as err:
+        raise PipelineError(f"Cannot fit the quantizer: {err}.") from None
+    fit_seconds = time.perf_counter() - start
+    codes, residuals = quantizer.encode_with_residuals(x)
+    ids, info = resolve(codes, qcfg.collision, last_level_cost(quantizer, residuals[-1]))
+    return {"quantizer": quantizer, "codes": codes, "ids": ids, "collision": info, "fit_seconds": fit_seconds,
+            "pre_duplicate_rate": duplicate_rate(codes), "final_duplicate_rate": duplicate_rate(ids)}
+
+
+def sid_strings(ids: np.ndarray) -> list[str]:
+    return ["-".join(str(int(v)) for v in row) for row in ids]
+
+
+def quantize(name: str, cfg: Config) -> dict[str, Any]:
+    x = load_embeddings(cfg, name)
+    pairs = None
+    if cfg.quantizer.method == "drq" and cfg.quantizer.contrastive_weight > 0:
+        inter = load_processed(cfg, name)["interactions"]
+        inter = inter[inter["item_id"] < len(x)]
+        seqs = inter.sort_values(["user_id", "position"]).groupby("user_id")["item_id"].apply(list).tolist()
+        pairs = cooccurrence_pairs(seqs, cfg.quantizer.cooccurrence_window)
+    out = fit_and_encode(x, cfg.quantizer, pairs)
+    folder = semantic_dir(cfg, name)
+    out["quantizer"].save(folder / "quantizer")
+    np.save(folder / "codes.npy", out["codes"])
+    items = load_processed(cfg, name)["items"].sort_values("item_id").iloc[: len(x)]
+    ids = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "source_id": items["source_id"].to_numpy(),
+                        "semantic_id": sid_strings(out["ids"])})
+    for level in range(out["ids"].shape[1]):
+        ids[f"code_{level}"] = out["ids"][:, level]
+    ids.to_parquet(folder / "ids.parquet", index=False)
+    summary = {
+        "dataset": name,
+        "method": cfg.quantizer.method,
+        "levels": cfg.quantizer.levels,
+        "codebook_size": cfg.quantizer.codebook_size,
+        "distances": list(cfg.quantizer.distances),
+        "items": int(len(x)),
+        "fit_seconds": round(out["fit_seconds"], 3),
+        "pre_duplicate_rate": out["pre_duplicate_rate"],
+        "final_duplicate_rate": out["final_duplicate_rate"],
+        "collision": out["collision"],
+        "history_tail": out["quantizer"].history[-3:],
+    }
+    (folder / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
