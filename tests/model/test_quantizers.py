@@ -1,0 +1,76 @@
+"""Quantizer behaviour: determinism, save/load, collisions resolved, clear errors on bad input."""
+
+import numpy as np
+import pytest
+
+from models import build_quantizer
+from models.quantizer import Quantizer, QuantizerInputError
+from tasks.config import QuantizerConfig
+from tasks.quantize import fit_and_encode
+
+SMALL = {"epochs": 8, "hidden": [32], "dim": 8, "kmeans_iters": 15, "batch_size": 128}
+
+
+def clustered(n_clusters=40, per=10, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim)) * 5
+    return (centers.repeat(per, axis=0) + rng.normal(size=(n_clusters * per, dim)) * 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["rqkmeans", "rqvae", "drq"])
+def test_same_seed_same_codes(method, tmp_path):
+    x = clustered()
+    a = build_quantizer(method, 3, 16, ["cosine", "cosine", "euclidean"], 7, **SMALL).fit(x)
+    b = build_quantizer(method, 3, 16, ["cosine", "cosine", "euclidean"], 7, **SMALL).fit(x)
+    codes = a.encode(x)
+    assert codes.shape == (len(x), 3) and codes.dtype == np.int64
+    np.testing.assert_array_equal(codes, b.encode(x))
+    loaded = Quantizer.load(a.save(tmp_path / method))
+    np.testing.assert_array_equal(loaded.encode(x), codes)
+    np.testing.assert_allclose(loaded.decode(codes), a.decode(codes), rtol=1e-5, atol=1e-6)
+    c = build_quantizer(method, 3, 16, ["cosine", "cosine", "euclidean"], 8, **SMALL).fit(x)
+    assert not np.array_equal(c.encode(x), codes) or method == "rqkmeans"
+
+
+def test_rqkmeans_reconstruction_improves_with_levels():
+    x = clustered()
+    q = build_quantizer("rqkmeans", 3, 16, ["euclidean"] * 3, 0, kmeans_iters=30).fit(x)
+    codes = q.encode(x)
+    errs = [float(np.mean((q.decode(codes[:, : level + 1]) - x) ** 2)) for level in range(3)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_rqvae_dead_codes_are_revived():
+    x = clustered(n_clusters=64, per=6)
+    q = build_quantizer("rqvae", 2, 16, ["cosine", "euclidean"], 0,
+                        **{**SMALL, "epochs": 30, "dead_code_threshold": 2}).fit(x)
+    codes = q.encode(x)
+    assert len(np.unique(codes[:, 0])) >= 14  # most of the 16 first-level codes in use
+
+
+@pytest.mark.parametrize("collision", ["reassign", "dedup_level"])
+def test_final_ids_unique(collision):
+    x = clustered(n_clusters=20, per=20)
+    qcfg = QuantizerConfig(method="rqkmeans", levels=2, codebook_size=16, distances=["cosine", "euclidean"],
+                           collision=collision, kmeans_iters=10)
+    out = fit_and_encode(x, qcfg)
+    assert out["final_duplicate_rate"] == 0.0
+    assert len({tuple(r) for r in out["ids"]}) == len(x)
+
+
+def test_bad_inputs_are_explained():
+    x = clustered()
+    q = build_quantizer("rqkmeans", 2, 16, ["euclidean"] * 2, 0)
+    with pytest.raises(QuantizerInputError, match="at least as many items as codes"):
+        q.fit(x[:10])
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(QuantizerInputError, match=r"NaN/inf \(e.g. rows \[3\]\)"):
+        q.fit(bad)
+    with pytest.raises(QuantizerInputError, match="not fit yet"):
+        q.encode(x)
+    q.fit(x)
+    with pytest.raises(QuantizerInputError, match="dim 15 but the quantizer was fit on dim 16"):
+        q.encode(x[:, :15])
+    with pytest.raises(QuantizerInputError, match="2-d"):
+        q.encode(x[0])
