@@ -199,8 +199,12 @@ def print_diagnostics(diag: dict[str, Any]) -> None:
 def run(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Run the pipeline once on the configured dataset (default ml-100k)."""
     cfg = _cfg(config, set_)
-    data_fetch(cfg.data.dataset, config, set_, record=os.environ.get("SEMID_NO_DVC") is None)
-    data_validate(cfg.data.dataset, config, set_)
+    name = cfg.data.dataset
+    data_fetch(name, config, set_, record=os.environ.get("SEMID_NO_DVC") is None)
+    data_validate(name, config, set_)
+    embed(name, config, set_)
+    quantize(name, None, config, set_)
+    diagnose(name, config, set_)
 
 
 def main() -> None:  # pragma: no cover - console entry

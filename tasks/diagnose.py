@@ -31,6 +31,24 @@ def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, rh
     return out
 
 
+def flat_metrics(diag: dict[str, Any]) -> dict[str, float]:
+    """One flat dict (for `dvc metrics show` and MLflow): every per-level diagnostic + ID uniqueness."""
+    out: dict[str, float] = {}
+    for lv in diag["levels"]:
+        for key in ("active_share", "perplexity", "gini", "inverse_simpson", "o_pi", "k_eff", "k_eff_gaussian",
+                    "sigma", "recon_mse"):
+            if lv.get(key) is not None:
+                out[f"l{lv['level']}_{key}"] = float(lv[key])
+        out[f"l{lv['level']}_k_eff_ratio"] = float(lv["k_eff"] / lv["k"])
+    out["duplicate_rate"] = float(diag["ids"]["duplicate_rate"])
+    out["unique_coverage"] = float(diag["ids"]["unique_coverage"])
+    out["max_items_per_id"] = float(diag["ids"]["max_items_per_id"])
+    out["recon_mse"] = float(diag["recon_mse"])
+    if diag.get("final_ids"):
+        out["final_duplicate_rate"] = float(diag["final_ids"]["duplicate_rate"])
+    return out
+
+
 def plot(diag: dict[str, Any], codes: np.ndarray, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -78,5 +96,6 @@ def diagnose(name: str, cfg: Config) -> dict[str, Any]:
     diag = report(quantizer, x, final, cfg.diagnose.rho, cfg.diagnose.mc_samples, cfg.diagnose.seed)
     diag["dataset"] = name
     (folder / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(flat_metrics(diag), indent=2) + "\n")
     plot(diag, np.load(folder / "codes.npy"), folder)
     return diag

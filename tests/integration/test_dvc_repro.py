@@ -37,6 +37,9 @@ def test_dvc_repro_twice_is_noop(tmp_path):
     params["data"]["local"] = {"items": str(src / "items.parquet"), "interactions": str(src / "events.parquet"),
                                "user_col": "customer", "item_col": "sku", "timestamp_col": "ts",
                                "text_cols": ["title", "brand"]}
+    params["quantizer"].update({"method": "rqkmeans", "levels": 2, "codebook_size": 4,
+                                "distances": ["cosine", "euclidean"], "kmeans_iters": 5})
+    params["embed"]["cache_dir"] = str(tmp_path / "emb-cache")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "SEMID_NO_DVC"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -44,8 +47,11 @@ def test_dvc_repro_twice_is_noop(tmp_path):
                 ["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "commit", "-qm", "init"]):
         _sh(cmd, work, env)
     first = _sh(["dvc", "repro"], work, env)
-    assert "Running stage 'ingest'" in first and "Running stage 'validate'" in first
+    for stage in ("ingest", "validate", "embed", "quantize", "diagnose"):
+        assert f"Running stage '{stage}'" in first
     assert (work / "data" / "processed" / "shop" / "interactions.parquet").exists()
     second = _sh(["dvc", "repro"], work, env)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
+    metrics = _sh(["dvc", "metrics", "show"], work, env)
+    assert "l0_k_eff" in metrics and "duplicate_rate" in metrics
