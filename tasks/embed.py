@@ -17,6 +17,7 @@ import numpy as np
 
 from tasks.config import Config
 from tasks.errors import PipelineError
+from tasks.fsutil import staged_dir
 from tasks.ingest import user_cache_dir
 from tasks.validate import load_processed
 
@@ -153,9 +154,14 @@ def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
     vectors, fresh, hits = encode_texts(texts, cfg, progress)
     seconds = time.perf_counter() - start
     check_vectors(vectors, items["source_id"].tolist())
-    out = features_dir(cfg, name)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "embeddings.npy", vectors)
+    with staged_dir(features_dir(cfg, name)) as out:
+        np.save(out / "embeddings.npy", vectors)
+        _write_manifest(out, name, cfg, vectors, fresh, hits, seconds, texts, empty)
+    return json.loads((features_dir(cfg, name) / "manifest.json").read_text())
+
+
+def _write_manifest(out: Path, name: str, cfg: Config, vectors: np.ndarray, fresh: int, hits: int, seconds: float,
+                    texts: list[str], empty: list[str]) -> None:
     manifest = {
         "dataset": name,
         "model": cfg.embed.model,
@@ -168,7 +174,6 @@ def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
         "empty_text_items": empty[:50],
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
 
 
 def load_embeddings(cfg: Config, name: str) -> np.ndarray:

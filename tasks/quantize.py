@@ -24,6 +24,7 @@ from models.quantizer import Quantizer, QuantizerInputError
 from tasks.config import Config, QuantizerConfig
 from tasks.embed import load_embeddings
 from tasks.errors import PipelineError
+from tasks.fsutil import staged_dir
 from tasks.validate import load_processed
 
 PARAM_KEYS = ("dim", "hidden", "epochs", "batch_size", "lr", "beta", "ema_decay", "dead_code_threshold",
@@ -75,27 +76,27 @@ def quantize(name: str, cfg: Config) -> dict[str, Any]:
         seqs = inter.sort_values(["user_id", "position"]).groupby("user_id")["item_id"].apply(list).tolist()
         pairs = cooccurrence_pairs(seqs, cfg.quantizer.cooccurrence_window)
     out = fit_and_encode(x, cfg.quantizer, pairs)
-    folder = semantic_dir(cfg, name)
-    out["quantizer"].save(folder / "quantizer")
-    np.save(folder / "codes.npy", out["codes"])
-    items = load_processed(cfg, name)["items"].sort_values("item_id").iloc[: len(x)]
-    ids = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "source_id": items["source_id"].to_numpy(),
-                        "semantic_id": sid_strings(out["ids"])})
-    for level in range(out["ids"].shape[1]):
-        ids[f"code_{level}"] = out["ids"][:, level]
-    ids.to_parquet(folder / "ids.parquet", index=False)
-    summary = {
-        "dataset": name,
-        "method": cfg.quantizer.method,
-        "levels": cfg.quantizer.levels,
-        "codebook_size": cfg.quantizer.codebook_size,
-        "distances": list(cfg.quantizer.distances),
-        "items": int(len(x)),
-        "fit_seconds": round(out["fit_seconds"], 3),
-        "pre_duplicate_rate": out["pre_duplicate_rate"],
-        "final_duplicate_rate": out["final_duplicate_rate"],
-        "collision": out["collision"],
-        "history_tail": out["quantizer"].history[-3:],
-    }
-    (folder / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with staged_dir(semantic_dir(cfg, name)) as folder:
+        out["quantizer"].save(folder / "quantizer")
+        np.save(folder / "codes.npy", out["codes"])
+        items = load_processed(cfg, name)["items"].sort_values("item_id").iloc[: len(x)]
+        ids = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "source_id": items["source_id"].to_numpy(),
+                            "semantic_id": sid_strings(out["ids"])})
+        for level in range(out["ids"].shape[1]):
+            ids[f"code_{level}"] = out["ids"][:, level]
+        ids.to_parquet(folder / "ids.parquet", index=False)
+        summary = {
+            "dataset": name,
+            "method": cfg.quantizer.method,
+            "levels": cfg.quantizer.levels,
+            "codebook_size": cfg.quantizer.codebook_size,
+            "distances": list(cfg.quantizer.distances),
+            "items": int(len(x)),
+            "fit_seconds": round(out["fit_seconds"], 3),
+            "pre_duplicate_rate": out["pre_duplicate_rate"],
+            "final_duplicate_rate": out["final_duplicate_rate"],
+            "collision": out["collision"],
+            "history_tail": out["quantizer"].history[-3:],
+        }
+        (folder / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

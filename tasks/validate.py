@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pandas as pd
 
 from tasks.config import Config
 from tasks.errors import PipelineError
+from tasks.fsutil import staged_dir
 from tasks.ingest import RawTables, get_spec, parse, quarantine, raw_dir, sha256_file
 
 ID_TYPES = ["StringDtype"]  # ids are normalised to pandas' nullable string dtype by ingest.parse
@@ -216,10 +215,7 @@ def validate(name: str, cfg: Config) -> dict[str, Any]:
         raise PipelineError(
             f"{err.problem} (raw batch quarantined in {qdir}; data/processed/{name} was not changed)", err.fix
         ) from None
-    processed_root = Path(cfg.data.root) / "processed"
-    processed_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=processed_root))
-    try:
+    with staged_dir(Path(cfg.data.root) / "processed" / name) as staging:
         outcome = run_expectations(raw, cfg, spec.has_text, staging / "data_docs")
         if not outcome.success:
             report = {"success": False, "failures": outcome.failures, "results": outcome.result_json}
@@ -241,15 +237,7 @@ def validate(name: str, cfg: Config) -> dict[str, Any]:
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         (staging / "gx_result.json").write_text(json.dumps(outcome.result_json, indent=2, default=str))
-        target = processed_root / name
-        old = processed_root / f".{name}-old"
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-        return stats
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return stats
 
 
 def load_processed(cfg: Config, name: str) -> dict[str, pd.DataFrame]:
