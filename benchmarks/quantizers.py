@@ -142,11 +142,17 @@ def main() -> None:
         texts = load_processed(base, name)["items"].sort_values("item_id")["text"].tolist()
         records.append(throughput_comparison(name, texts[: args.throughput_texts], base.embed.batch_size))
         print("  ", records[-1])
+        write(records, args)  # after every dataset, so a long run that is stopped keeps what it measured
+    print(f"wrote {OUT / 'quantizers.json'} and quantizers.md")
+
+
+def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = machine()
-    (OUT / "quantizers.json").write_text(json.dumps({"machine": meta, "records": records}, indent=1) + "\n")
+    for r in records:  # a flat list of records, each saying where and when it was measured
+        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"]})
+    (OUT / "quantizers.json").write_text(json.dumps(records, indent=1) + "\n")
     (OUT / "quantizers.md").write_text(markdown(records, meta, args))
-    print(f"wrote {OUT / 'quantizers.json'} and quantizers.md")
 
 
 def fmt(v, spec=".3f"):
