@@ -176,14 +176,13 @@ def diagnose(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = 
 
 def print_diagnostics(diag: dict[str, Any]) -> None:
     table = Table(title=f"{diag.get('dataset', '')} {diag['method']} codebook diagnostics")
-    for col in ("level", "distance", "active", "perplexity", "gini", "1/sum pi^2", "K_eff", "K_eff/K",
-                "K_eff gauss", "sigma", "resid MSE"):
-        table.add_column(col, justify="right")
+    for col in ("lvl", "dist", "active", "ppl", "gini", "1/Σπ²", "K_eff", "K_eff/K", "K_gauss", "σ", "MSE"):
+        table.add_column(col, justify="right", no_wrap=True)
     for lv in diag["levels"]:
-        table.add_row(str(lv["level"]), lv["distance"], f"{lv['active_share']:.1%}", f"{lv['perplexity']:.1f}",
-                      f"{lv['gini']:.3f}", f"{lv['inverse_simpson']:.1f}", f"{lv['k_eff']:.1f}",
-                      f"{lv['k_eff'] / lv['k']:.1%}", f"{lv['k_eff_gaussian']:.1f}", f"{lv['sigma']:.3g}",
-                      f"{lv.get('recon_mse', float('nan')):.3g}")
+        table.add_row(str(lv["level"]), lv["distance"][:3], f"{lv['active_share']:.0%}", f"{lv['perplexity']:.0f}",
+                      f"{lv['gini']:.2f}", f"{lv['inverse_simpson']:.0f}", f"{lv['k_eff']:.0f}",
+                      f"{lv['k_eff'] / lv['k']:.0%}", f"{lv['k_eff_gaussian']:.1f}", f"{lv['sigma']:.2g}",
+                      f"{lv.get('recon_mse', float('nan')):.1e}")
     console.print(table)
     ids = diag["ids"]
     final = diag.get("final_ids") or {}
