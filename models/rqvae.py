@@ -80,7 +80,7 @@ class RQVAE(Quantizer):
                     commit = commit + F.mse_loss(residual, q)
                     with torch.no_grad():  # EMA codebook update towards the mean of assigned residuals
                         counts = torch.bincount(idx, minlength=k).float()
-                        sums = torch.zeros_like(q.new_zeros(k, q.shape[1])).index_add_(0, idx, residual.detach())
+                        sums = q.new_zeros(k, q.shape[1]).index_add_(0, idx, residual.detach())
                         ema_count[level].mul_(decay).add_(counts, alpha=1 - decay)
                         ema_sum[level].mul_(decay).add_(sums, alpha=1 - decay)
                         total = ema_count[level].sum()
