@@ -62,7 +62,7 @@ def kmeans(
         if len(empty):
             worst = torch.argsort(cost, descending=True)[: len(empty)]
             new[empty] = x[worst]
-        centers = torch.where((counts > 0)[:, None], new, centers) if not len(empty) else new
+        centers = new
         inertia = float(cost.sum())
         if prev is not None and abs(prev - inertia) <= tol * max(abs(prev), 1e-12) and not len(empty):
             break

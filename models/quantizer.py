@@ -105,8 +105,7 @@ class Quantizer(ABC):
         if c.ndim != 2 or c.shape[1] > self.levels or int(c.max()) >= self.codebook_size or int(c.min()) < 0:
             raise QuantizerInputError(f"codes must be [N, <= {self.levels}] in [0, {self.codebook_size})")
         with torch.no_grad():
-            z = sum(self.codebooks[level][c[:, level]] for level in range(c.shape[1]))
-            return self.from_latent(z).numpy()
+            return self.from_latent(self._codeword_sum(c)).numpy()
 
     def latent(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The space the codebooks live in (identity for RQ-KMeans)."""
@@ -116,9 +115,11 @@ class Quantizer(ABC):
 
     def codeword_vectors(self, codes: np.ndarray) -> np.ndarray:
         """Sum of the chosen codewords per item (the 'semantic' item vector of the unified paper)."""
-        c = torch.as_tensor(codes, dtype=torch.long)
+        return self._codeword_sum(torch.as_tensor(codes, dtype=torch.long)).numpy()
+
+    def _codeword_sum(self, c: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return sum(self.codebooks[level][c[:, level]] for level in range(c.shape[1])).numpy()
+            return sum(self.codebooks[level][c[:, level]] for level in range(c.shape[1]))
 
     # --- persistence ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

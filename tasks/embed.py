@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -96,26 +97,20 @@ def encode_texts(
         new_keys, new_texts = list(todo), list(todo.values())
         chunk = cfg.embed.batch_size * 4
         parts = []
-        bar = _progress(progress)
-        with bar:
-            task = bar.add_task("embedding", total=len(new_texts)) if progress else None
+        bar = _progress() if progress else None
+        with bar or nullcontext():
+            task = bar.add_task("embedding", total=len(new_texts)) if bar else None
             for start in range(0, len(new_texts), chunk):
                 batch = new_texts[start:start + chunk]
                 parts.append(encoder.encode(batch, batch_size=cfg.embed.batch_size, show_progress_bar=False,
                                             convert_to_numpy=True))
-                if task is not None:
+                if bar:
                     bar.update(task, advance=len(batch))
         cache.add(new_keys, np.concatenate(parts).astype(np.float32))
     return np.stack([cache.vectors[k] for k in keys]).astype(np.float32), len(todo), hits
 
 
-def _progress(enabled: bool):
-    from contextlib import nullcontext
-
-    if not enabled:
-        bar = nullcontext()
-        bar.add_task = lambda *a, **k: None  # type: ignore[attr-defined]
-        return bar
+def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -154,14 +149,6 @@ def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
     vectors, fresh, hits = encode_texts(texts, cfg, progress)
     seconds = time.perf_counter() - start
     check_vectors(vectors, items["source_id"].tolist())
-    with staged_dir(features_dir(cfg, name)) as out:
-        np.save(out / "embeddings.npy", vectors)
-        _write_manifest(out, name, cfg, vectors, fresh, hits, seconds, texts, empty)
-    return json.loads((features_dir(cfg, name) / "manifest.json").read_text())
-
-
-def _write_manifest(out: Path, name: str, cfg: Config, vectors: np.ndarray, fresh: int, hits: int, seconds: float,
-                    texts: list[str], empty: list[str]) -> None:
     manifest = {
         "dataset": name,
         "model": cfg.embed.model,
@@ -173,7 +160,10 @@ def _write_manifest(out: Path, name: str, cfg: Config, vectors: np.ndarray, fres
         "text_sha256": [text_sha(t) for t in texts],
         "empty_text_items": empty[:50],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    with staged_dir(features_dir(cfg, name)) as out:
+        np.save(out / "embeddings.npy", vectors)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def load_embeddings(cfg: Config, name: str) -> np.ndarray:

