@@ -46,15 +46,16 @@ def machine() -> dict:
     }
 
 
-def records_for(dataset: str, method: str, distances: list[str], out: dict, diag: dict) -> list[dict]:
+def records_for(dataset: str, method: str, distances: list[str], out: dict, diag: dict, beta: float) -> list[dict]:
     rows = []
     for lv in diag["levels"]:
-        rows.append({"dataset": dataset, "method": method, "distances": "/".join(distances), "level": lv["level"],
+        rows.append({"dataset": dataset, "method": method, "distances": "/".join(distances), "beta": beta,
+                     "level": lv["level"],
                      "active_share": lv["active_share"], "perplexity": lv["perplexity"], "gini": lv["gini"],
                      "k_eff": lv["k_eff"], "k_eff_gaussian": lv["k_eff_gaussian"], "k": lv["k"], "o_pi": lv["o_pi"],
                      "sigma": lv["sigma"], "rho": lv["rho"], "recon_mse": lv.get("recon_mse"),
                      "duplicate_rate": None, "unique_coverage": None, "fit_seconds": None})
-    rows.append({"dataset": dataset, "method": method, "distances": "/".join(distances), "level": "all",
+    rows.append({"dataset": dataset, "method": method, "distances": "/".join(distances), "beta": beta, "level": "all",
                  "active_share": None, "perplexity": None, "gini": None, "k_eff": None, "k_eff_gaussian": None,
                  "k": None, "o_pi": None, "sigma": None, "rho": None, "recon_mse": diag["recon_mse"],
                  "duplicate_rate": diag["ids"]["duplicate_rate"], "unique_coverage": diag["ids"]["unique_coverage"],
@@ -116,6 +117,8 @@ def main() -> None:
                                                       "amazon-beauty"])
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--throughput-texts", type=int, default=512)
+    ap.add_argument("--beta-sweep", nargs="*", default=["amazon-scientific"],
+                    help="datasets on which RQ-VAE [cos,cos,euc] also runs with commitment beta 0.25/0.5/2.0")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
@@ -128,13 +131,16 @@ def main() -> None:
             print(f"skip {name}: {exc}")
             continue
         print(f"{name}: {x.shape}")
-        for method, distances in runs:
-            qcfg = base.quantizer.model_copy(update={"method": method, "distances": distances, "epochs": args.epochs})
+        sweep = [("rqvae", HYB, b) for b in (0.25, 0.5, 2.0) if b != base.quantizer.beta] \
+            if name in args.beta_sweep else []
+        for method, distances, beta in [(m, d, base.quantizer.beta) for m, d in runs] + sweep:
+            qcfg = base.quantizer.model_copy(update={"method": method, "distances": distances, "epochs": args.epochs,
+                                                     "beta": beta})
             out = fit_and_encode(x, qcfg)
             diag = report(out["quantizer"], x, out["ids"], base.diagnose.rho, base.diagnose.mc_samples, 0)
-            records += records_for(name, method, distances, out, diag)
+            records += records_for(name, method, distances, out, diag, beta if method == "rqvae" else None)
             lv = diag["levels"]
-            print(f"  {method:8s} {'/'.join(d[:3] for d in distances)}: active "
+            print(f"  {method:8s} {'/'.join(d[:3] for d in distances)} beta {beta}: active "
                   f"{[round(v['active_share'], 3) for v in lv]} K_eff {[round(v['k_eff'], 1) for v in lv]} "
                   f"dup {diag['ids']['duplicate_rate']:.4f} fit {out['fit_seconds']:.1f}s")
         records.append(faiss_comparison(name, x, base.quantizer.levels, base.quantizer.codebook_size))
@@ -163,26 +169,27 @@ def markdown(records: list[dict], meta: dict, args) -> str:
     lines = ["# Quantizer benchmark", "",
              f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} "
              f"({meta['torch_threads']} threads), Python {meta['python']}. Date: {meta['date']}.",
-             f"Command: `python benchmarks/quantizers.py --datasets {' '.join(args.datasets)} --epochs {args.epochs}`",
+             f"Command: `python benchmarks/quantizers.py --datasets {' '.join(args.datasets)} --epochs {args.epochs}`"
+             f" (beta sweep on {', '.join(args.beta_sweep) or 'none'})",
              "3 levels x 256 codes, codeword dim 64 (RQ-VAE/DRQ), encoder all-MiniLM-L6-v2 (384-d). K_eff uses the "
              "Monte-Carlo kernel with rho = 0.5 (sigma = rho x median nearest-codeword distance); the Gaussian "
              "kernel is shown beside. Duplicate rate / unique coverage are *before* collision resolution; final "
              "IDs after resolution are unique in every run (final dup column).", "",
-             "| dataset | method | distances | active L0/L1/L2 | K_eff L0/L1/L2 | K_eff gauss L0/L1/L2 | "
+             "| dataset | method | distances | beta | active L0/L1/L2 | K_eff L0/L1/L2 | K_eff gauss L0/L1/L2 | "
              "gini L0/L1/L2 | dup rate | unique cov. | final dup | recon MSE | fit s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keyed: dict[tuple, list[dict]] = {}
     for r in records:
         if "method" in r:
-            keyed.setdefault((r["dataset"], r["method"], r["distances"]), []).append(r)
-    for (ds, method, dist), rows in keyed.items():
+            keyed.setdefault((r["dataset"], r["method"], r["distances"], r.get("beta")), []).append(r)
+    for (ds, method, dist, beta), rows in keyed.items():
         lv = [r for r in rows if r["level"] != "all"]
         al = next(r for r in rows if r["level"] == "all")
         def per_level(key: str, spec: str, rows=lv) -> str:
             return "/".join(format(r[key], spec) for r in rows)
 
         lines.append(
-            f"| {ds} | {method} | {dist} | {per_level('active_share', '.1%')} | {per_level('k_eff', '.0f')} | "
+            f"| {ds} | {method} | {dist} | {fmt(beta, 'g')} | {per_level('active_share', '.1%')} | {per_level('k_eff', '.0f')} | "
             f"{per_level('k_eff_gaussian', '.1f')} | {per_level('gini', '.2f')} | {al['duplicate_rate']:.2%} | "
             f"{al['unique_coverage']:.2%} | {al['final_duplicate_rate']:.2%} | {fmt(al['recon_mse'], '.2e')} | "
             f"{al['fit_seconds']:.1f} |")

@@ -193,6 +193,107 @@ def print_diagnostics(diag: dict[str, Any]) -> None:
     )
 
 
+@app.command("train")
+@friendly
+def train(
+    name: str,
+    model: Annotated[str, typer.Option(help="sasrec | dtn | mmoe | shared-bottom")] = "sasrec",
+    item_repr: Annotated[str | None, typer.Option(help="SASRec item vector: id | semantic | unified")] = None,
+    joint: Annotated[bool | None, typer.Option("--joint/--no-joint", help="Train the RQ-VAE inside SASRec.")] = None,
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Train a recommender on NAME: SASRec on the semantic IDs, or a multi-task ranker (DTN, MMoE, shared-bottom)."""
+    sets = list(set_ or [])
+    if model == "sasrec":
+        sets += [f"recommend.item_repr={item_repr}"] if item_repr else []
+        sets += [f"recommend.joint={str(joint).lower()}"] if joint is not None else []
+        cfg = _cfg(config, sets, name)
+        from tasks.recommend import recommend
+
+        with _epoch_progress(f"SASRec ({cfg.recommend.item_repr})", cfg.recommend.epochs) as on_epoch:
+            out = recommend(name, cfg, on_epoch=on_epoch)
+        print_rec_metrics(out["results"], f"{name} SASRec ({out['item_repr']}{', joint' if out['joint'] else ''})")
+        console.print(f"best epoch {out['metrics']['best_epoch']} of {out['metrics']['epochs']}, "
+                      f"{out['metrics']['seconds_per_epoch']:.1f} s/epoch; saved to data/recommend/{name}/")
+    elif model in ("dtn", "mmoe", "shared-bottom"):
+        cfg = _cfg(config, sets + [f"ranker.model={model}"], name)
+        from tasks.rank import rank
+
+        with console.status(f"training {model} on {name}"):
+            out = rank(name, cfg)
+        print_rank_metrics(name, [out])
+    else:
+        raise PipelineError(f"Unknown model '{model}'.", "use --model sasrec, dtn, mmoe or shared-bottom.")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate(
+    name: str,
+    model: Annotated[str, typer.Option(help="sasrec | dtn | mmoe | shared-bottom")] = "sasrec",
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Re-evaluate the trained model of NAME on the test split and print the metrics table."""
+    cfg = _cfg(config, set_, name)
+    if model == "sasrec":
+        from tasks.recommend import reevaluate
+
+        out = reevaluate(name, cfg)
+        print_rec_metrics(out["results"], f"{name} SASRec ({out['item_repr']})")
+    else:
+        from tasks.rank import reevaluate_ranker
+
+        print_rank_metrics(name, [reevaluate_ranker(name, model, cfg)])
+
+
+def _epoch_progress(label: str, total: int):
+    """Context manager yielding an on_epoch callback that drives a rich progress bar."""
+    import contextlib
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task(label, total=total, info="")
+
+            def on_epoch(row: dict) -> None:
+                metric = next((f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("valid_")), "")
+                progress.update(task, advance=1, info=f"epoch {row['epoch']}: loss {row['loss']:.3f}, valid {metric}")
+
+            yield on_epoch
+
+    return bar()
+
+
+def print_rec_metrics(results: dict[str, dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("split", "protocol", "R@1", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "MRR"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for split, protos in results.items():
+        for proto, m in protos.items():
+            label = {"full": "full (unmasked)", "full_masked": "full (history masked)", "sampled99": "1 + 99 sampled"}
+            table.add_row(split, label.get(proto, proto), *(f"{m[k]:.4f}" for k in (
+                "recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")))
+    console.print(table)
+
+
+def print_rank_metrics(name: str, outs: list[dict]) -> None:
+    table = Table(title=f"{name}: multi-task ranker, test AUC")
+    tasks = outs[0]["tasks"]
+    for col in ("model", *(f"AUC {t}" for t in tasks), "epochs", "s/epoch"):
+        table.add_column(col, justify="right")
+    for out in outs:
+        m = out["metrics"]
+        aucs = (m.get(f"test_auc_{t}") for t in tasks)
+        table.add_row(out["model"], *("-" if a is None else f"{a:.4f}" for a in aucs), str(m["epochs"]),
+                      f"{m['seconds_per_epoch']:.1f}")
+    console.print(table)
+
+
 @app.command("run")
 @friendly
 def run(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:

@@ -82,7 +82,7 @@ class QuantizerConfig(_Strict):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(1024, ge=8)
     lr: float = Field(1e-3, gt=0)
-    beta: float = Field(0.25, ge=0)
+    beta: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.99, gt=0, lt=1)
     dead_code_threshold: int = Field(2, ge=0)
     kmeans_iters: int = Field(100, ge=1)
@@ -113,11 +113,58 @@ class DiagnoseConfig(_Strict):
     seed: int = 0
 
 
+class RecommendConfig(_Strict):
+    """SASRec next-item recommender trained on the promoted codebook's semantic IDs."""
+
+    item_repr: Literal["id", "semantic", "unified"] = "unified"
+    joint: bool = False  # train the RQ-VAE inside the recommender (rec + reconstruction + commitment loss)
+    loss: Literal["ce", "bce"] = "ce"
+    id_dim: int = Field(64, ge=1)  # ID embedding size in `id` mode
+    unified_id_dim: int = Field(8, ge=1)  # ID part of the unified item vector
+    freeze_codebooks: bool = False
+    max_len: int = Field(50, ge=2)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)
+    monitor: Literal["ndcg@10", "recall@10", "mrr"] = "ndcg@10"
+    mask_history: bool = True  # early-stopping metric on masked full ranking; both variants are reported
+    negatives: int = Field(99, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    seed: int = 0
+
+
+class RankerConfig(_Strict):
+    """Multi-task ranker (DTN / MMoE / shared-bottom) on two tasks: interact and like."""
+
+    model: Literal["dtn", "mmoe", "shared-bottom"] = "dtn"
+    embed_dim: int = Field(8, ge=2)
+    module_dim: int = Field(32, ge=4)
+    experts: int = Field(4, ge=1)  # MMoE experts
+    tower: list[int] = Field(default_factory=lambda: [128, 64])
+    neg_ratio: int = Field(1, ge=1)  # sampled unrated pairs per rated pair (interact task)
+    like_threshold: int = Field(4, ge=1)
+    task_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0])
+    semantic_features: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2048, ge=1)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 0
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     quantizer: QuantizerConfig = Field(default_factory=QuantizerConfig)
     diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    ranker: RankerConfig = Field(default_factory=RankerConfig)
 
     def digest(self) -> str:
         """Short stable hash of the effective configuration (for tags and cache keys)."""
