@@ -189,7 +189,8 @@ def markdown(records: list[dict], meta: dict, args) -> str:
             return "/".join(format(r[key], spec) for r in rows)
 
         lines.append(
-            f"| {ds} | {method} | {dist} | {fmt(beta, 'g')} | {per_level('active_share', '.1%')} | {per_level('k_eff', '.0f')} | "
+            f"| {ds} | {method} | {dist} | {fmt(beta, 'g')} | {per_level('active_share', '.1%')} | "
+            f"{per_level('k_eff', '.0f')} | "
             f"{per_level('k_eff_gaussian', '.1f')} | {per_level('gini', '.2f')} | {al['duplicate_rate']:.2%} | "
             f"{al['unique_coverage']:.2%} | {al['final_duplicate_rate']:.2%} | {fmt(al['recon_mse'], '.2e')} | "
             f"{al['fit_seconds']:.1f} |")

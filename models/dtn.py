@@ -56,7 +56,8 @@ class MaskBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, reduction: int = 2):
         super().__init__()
-        self.mask = nn.Sequential(nn.Linear(in_dim, in_dim * reduction), nn.ReLU(), nn.Linear(in_dim * reduction, in_dim))
+        wide = in_dim * reduction
+        self.mask = nn.Sequential(nn.Linear(in_dim, wide), nn.ReLU(), nn.Linear(wide, in_dim))
         self.ln_in = nn.LayerNorm(in_dim)
         self.hidden = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
 

@@ -61,7 +61,7 @@ def movielens_tasks(tables: dict[str, pd.DataFrame], rc: RankerConfig, sid_codes
     u_feat[users.index.to_numpy()] = np.stack([age, gender, occ], 1)
     decade = (pd.to_numeric(items["year"], errors="coerce") // 10).astype("Int64").astype("string")
     dec, v_dec = _codes(decade)
-    genre_lists = items["genres"].fillna("").astype(str).str.split(",").map(lambda g: [x.strip() for x in g if x.strip()])
+    genre_lists = [[g.strip() for g in str(v).split(",") if g.strip()] for v in items["genres"].fillna("")]
     vocab = {g: i + 1 for i, g in enumerate(sorted({g for gs in genre_lists for g in gs}))}
     width = max(1, max(len(g) for g in genre_lists))
     i_genre = np.zeros((n_items, width), dtype=np.int64)
@@ -79,7 +79,8 @@ def movielens_tasks(tables: dict[str, pd.DataFrame], rc: RankerConfig, sid_codes
     rank_in_user = inter.groupby("user_id").cumcount().to_numpy()
     size = inter.groupby("user_id")["item_id"].transform("size").to_numpy()
     n_eval = np.maximum(1, np.round(size * 0.1)).astype(int)
-    part = np.where(rank_in_user >= size - n_eval, "test", np.where(rank_in_user >= size - 2 * n_eval, "valid", "train"))
+    part = np.where(rank_in_user >= size - n_eval, "test",
+                    np.where(rank_in_user >= size - 2 * n_eval, "valid", "train"))
     rated = {u: set(g) for u, g in inter.groupby("user_id")["item_id"]}
     rng = np.random.default_rng(rc.seed)
 
