@@ -296,15 +296,84 @@ def print_rank_metrics(name: str, outs: list[dict]) -> None:
 
 @app.command("run")
 @friendly
-def run(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the pipeline once on the configured dataset (default ml-100k)."""
-    cfg = _cfg(config, set_)
-    name = cfg.data.dataset
-    data_fetch(name, config, set_, record=os.environ.get("SEMID_NO_DVC") is None)
-    data_validate(name, config, set_)
-    embed(name, config, set_)
-    quantize(name, None, config, set_)
-    diagnose(name, config, set_)
+def run(
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    mode: Annotated[str | None, typer.Option(help="retrain | incremental (default: flow.mode)")] = None,
+) -> None:
+    """Run the retrain flow once, in-process, on the configured dataset (default ml-100k)."""
+    _quiet_libraries()
+    sets = list(set_ or []) + ([f"flow.mode={mode}"] if mode else [])
+    cfg = _cfg(config, sets)
+    from flows.retrain import GateFailed, retrain
+
+    console.print(f"[bold]semid retrain[/] on {cfg.data.dataset} ({cfg.flow.mode} mode)")
+    try:
+        summary = retrain(config=str(config), overrides=sets)
+    except GateFailed as err:
+        console.print(f"[bold red]gate failed:[/] {err}", highlight=False, soft_wrap=True)
+        _mlflow_hint(cfg)
+        raise typer.Exit(1) from None
+    print_run_summary(summary)
+    _mlflow_hint(cfg)
+
+
+def _quiet_libraries() -> None:
+    import logging
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _mlflow_hint(cfg: Config) -> None:
+    from tasks.register import tracking_uri
+
+    console.print(f"look at it: [cyan]mlflow ui --backend-store-uri {tracking_uri(cfg)}[/]")
+
+
+def print_run_summary(summary: dict[str, Any]) -> None:
+    cb = summary["codebook"]
+    steps = ", ".join(f"{k} {v.lower()}" for k, v in summary["steps"].items())
+    console.print(f"steps: {steps}")
+    print_diagnostics(summary["diagnostics"])
+    verdict = "[green]passed[/]" if cb["gate"]["passed"] else "[red]failed[/]"
+    console.print(f"codebook gate {verdict}: {cb['explanation']}")
+    if cb.get("churn") is not None:
+        console.print(f"ID churn vs champion {cb['churn']:.2%} ({cb['items_known']:,} known items, "
+                      f"{cb['items_new']:,} new)")
+    console.print(f"semid-codebook version {cb['version']}: "
+                  f"{'champion' if cb['promoted'] else 'not promoted'} (champion before: {cb['champion_before']})")
+    rec = summary.get("recommender")
+    if rec:
+        m = rec["metrics"]
+        console.print(
+            f"recommender test: Recall@10 {m['test_full_masked_recall@10']:.4f}, NDCG@10 "
+            f"{m['test_full_masked_ndcg@10']:.4f} (full ranking, history masked); unmasked Recall@10 "
+            f"{m['test_full_recall@10']:.4f}, NDCG@10 {m['test_full_ndcg@10']:.4f}")
+        console.print(f"semid-recommender version {rec['version']}: "
+                      f"{'champion' if rec['promoted'] else 'not promoted'} (champion before: "
+                      f"{rec['champion_before']}); gate: {rec['explanation']}")
+
+
+@app.command("schedule")
+@friendly
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 3 * * 1' (Mondays 03:00).")] = "0 3 * * 1",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "semid-retrain-scheduled",
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve a cron deployment of the retrain flow against the Prefect server at PREFECT_API_URL (blocks)."""
+    _quiet_libraries()
+    _cfg(config, set_)  # fail early on a bad config
+    from flows.retrain import serve
+
+    console.print(f"serving deployment 'semid-retrain/{name}' on cron '{cron}' (Ctrl-C to stop)")
+    serve(cron, str(config), list(set_ or []), name)
 
 
 def main() -> None:  # pragma: no cover - console entry

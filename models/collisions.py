@@ -26,7 +26,7 @@ def dedup_level(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, extra[:, None]], axis=1)
 
 
-def reassign(codes: np.ndarray, last_cost: np.ndarray) -> tuple[np.ndarray, int]:
+def reassign(codes: np.ndarray, last_cost: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Resolve collisions on the last level.
 
     last_cost [N, K]: cost of giving item i last-level code k (its distance to that codeword).
@@ -34,10 +34,13 @@ def reassign(codes: np.ndarray, last_cost: np.ndarray) -> tuple[np.ndarray, int]
     codes they collide on and every code free in that group, form an assignment problem solved
     optimally (Hungarian); items alone on their code keep it. Groups with more items than codes
     cannot be made unique on this level: the caller falls back to `dedup_level` for the rest.
+    `fixed` [N] bool marks items that must keep their code (e.g. the champion's items in incremental mode):
+    their codes are taken, and only the others move.
     Returns (new codes, number of items moved).
     """
     out = codes.copy()
     k = last_cost.shape[1]
+    fixed = np.zeros(len(codes), dtype=bool) if fixed is None else fixed
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, row in enumerate(codes[:, :-1]):
         groups[tuple(row)].append(i)
@@ -48,8 +51,8 @@ def reassign(codes: np.ndarray, last_cost: np.ndarray) -> tuple[np.ndarray, int]
         if (counts == 1).all():
             continue
         clashing = set(values[counts > 1].tolist())
-        movers = [i for i in members if codes[i, -1] in clashing]
-        taken = set(values[counts == 1].tolist())
+        movers = [i for i in members if codes[i, -1] in clashing and not fixed[i]]
+        taken = set(values[counts == 1].tolist()) | {int(codes[i, -1]) for i in members if fixed[i]}
         options = [c for c in range(k) if c not in taken]
         if len(movers) > len(options):
             continue  # overfull prefix: left for the dedup fallback
@@ -63,14 +66,15 @@ def reassign(codes: np.ndarray, last_cost: np.ndarray) -> tuple[np.ndarray, int]
     return out, moved
 
 
-def resolve(codes: np.ndarray, mode: str, last_cost: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def resolve(codes: np.ndarray, mode: str, last_cost: np.ndarray | None = None,
+            fixed: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Unique final IDs. Returns (ids, info) with the mode actually applied and items moved."""
     info = {"mode": mode, "moved": 0, "fallback_dedup": False}
     if mode == "dedup_level":
         return dedup_level(codes), info
     if last_cost is None:
         raise ValueError("reassign needs the last-level cost matrix")
-    ids, info["moved"] = reassign(codes, last_cost)
+    ids, info["moved"] = reassign(codes, last_cost, fixed)
     if duplicate_rate(ids) > 0:
         ids, info["fallback_dedup"] = dedup_level(ids), True
     return ids, info

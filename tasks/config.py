@@ -158,6 +158,33 @@ class RankerConfig(_Strict):
     seed: int = 0
 
 
+class GateConfig(_Strict):
+    """Quality gate: absolute thresholds plus no regression against the current champion."""
+
+    min_k_eff_ratio: float = Field(0.3, ge=0, le=1)  # K_eff / K per level (Monte-Carlo kernel)
+    min_active_share: float = Field(0.9, ge=0, le=1)
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1)  # before collision resolution
+    max_recon_mse: float = Field(0.01, gt=0)
+    k_eff_tolerance: float = Field(0.1, ge=0, le=1)  # relative K_eff drop allowed vs the champion
+    duplicate_tolerance: float = Field(0.01, ge=0, le=1)  # absolute duplicate-rate rise allowed vs the champion
+    max_id_churn: float = Field(1.0, ge=0, le=1)  # share of known items whose semantic ID may change
+    min_valid_ndcg: float = Field(0.0, ge=0, le=1)
+    ndcg_tolerance: float = Field(0.005, ge=0, le=1)  # absolute valid NDCG@10 drop allowed vs the champion
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = None  # default: sqlite:///<project>/mlflow/mlflow.db, artifacts in mlflow/artifacts
+    experiment: str = "semid-retrain"
+    codebook_model: str = "semid-codebook"
+    recommender_model: str = "semid-recommender"
+
+
+class FlowConfig(_Strict):
+    mode: Literal["retrain", "incremental"] = "retrain"  # incremental: encode new items with the champion codebook
+    train_recommender: bool = True
+    retries: int = Field(2, ge=0)  # for the I/O steps (fetch, register)
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
@@ -165,6 +192,9 @@ class Config(_Strict):
     diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     ranker: RankerConfig = Field(default_factory=RankerConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    mlflow: TrackingConfig = Field(default_factory=TrackingConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
 
     def digest(self) -> str:
         """Short stable hash of the effective configuration (for tags and cache keys)."""

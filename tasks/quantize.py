@@ -67,6 +67,26 @@ def sid_strings(ids: np.ndarray) -> list[str]:
     return ["-".join(str(int(v)) for v in row) for row in ids]
 
 
+def _write(name: str, cfg: Config, quantizer: Quantizer, codes: np.ndarray, ids: np.ndarray,
+           summary: dict[str, Any]) -> dict[str, Any]:
+    with staged_dir(semantic_dir(cfg, name)) as folder:
+        quantizer.save(folder / "quantizer")
+        np.save(folder / "codes.npy", codes)
+        items = load_processed(cfg, name)["items"].sort_values("item_id").iloc[: len(codes)]
+        table = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "source_id": items["source_id"].to_numpy(),
+                              "semantic_id": sid_strings(ids)})
+        for level in range(ids.shape[1]):
+            table[f"code_{level}"] = ids[:, level]
+        table.to_parquet(folder / "ids.parquet", index=False)
+        summary = {"dataset": name, "method": quantizer.method, "levels": quantizer.levels,
+                   "codebook_size": quantizer.codebook_size, "distances": list(quantizer.distances),
+                   "items": int(len(codes)), "pre_duplicate_rate": duplicate_rate(codes),
+                   "final_duplicate_rate": duplicate_rate(ids), **summary,
+                   "history_tail": quantizer.history[-3:]}
+        (folder / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def quantize(name: str, cfg: Config) -> dict[str, Any]:
     x = load_embeddings(cfg, name)
     pairs = None
@@ -76,27 +96,27 @@ def quantize(name: str, cfg: Config) -> dict[str, Any]:
         seqs = inter.sort_values(["user_id", "position"]).groupby("user_id")["item_id"].apply(list).tolist()
         pairs = cooccurrence_pairs(seqs, cfg.quantizer.cooccurrence_window)
     out = fit_and_encode(x, cfg.quantizer, pairs)
-    with staged_dir(semantic_dir(cfg, name)) as folder:
-        out["quantizer"].save(folder / "quantizer")
-        np.save(folder / "codes.npy", out["codes"])
-        items = load_processed(cfg, name)["items"].sort_values("item_id").iloc[: len(x)]
-        ids = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "source_id": items["source_id"].to_numpy(),
-                            "semantic_id": sid_strings(out["ids"])})
-        for level in range(out["ids"].shape[1]):
-            ids[f"code_{level}"] = out["ids"][:, level]
-        ids.to_parquet(folder / "ids.parquet", index=False)
-        summary = {
-            "dataset": name,
-            "method": cfg.quantizer.method,
-            "levels": cfg.quantizer.levels,
-            "codebook_size": cfg.quantizer.codebook_size,
-            "distances": list(cfg.quantizer.distances),
-            "items": int(len(x)),
-            "fit_seconds": round(out["fit_seconds"], 3),
-            "pre_duplicate_rate": out["pre_duplicate_rate"],
-            "final_duplicate_rate": out["final_duplicate_rate"],
-            "collision": out["collision"],
-            "history_tail": out["quantizer"].history[-3:],
-        }
-        (folder / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return _write(name, cfg, out["quantizer"], out["codes"], out["ids"],
+                  {"mode": "fit", "fit_seconds": round(out["fit_seconds"], 3), "collision": out["collision"]})
+
+
+def extend(name: str, cfg: Config, quantizer: Quantizer, champion_ids: pd.DataFrame) -> dict[str, Any]:
+    """Incremental mode: encode every item with the champion's codebook; items the champion knows (same
+    source_id) keep their registered ID, new items get codes with collisions resolved around the fixed ones."""
+    x = load_embeddings(cfg, name)
+    items = load_processed(cfg, name)["items"].sort_values("item_id")
+    try:
+        codes, residuals = quantizer.encode_with_residuals(x)
+    except QuantizerInputError as err:
+        raise PipelineError(f"Cannot encode {name} with the champion codebook: {err}.",
+                            "set flow.mode=retrain to fit a new codebook.") from None
+    known = champion_ids.set_index(champion_ids["source_id"].astype(str))
+    src = items["source_id"].astype(str).to_numpy()
+    fixed = np.isin(src, known.index.to_numpy())
+    start = codes.copy()
+    cols = [f"code_{level}" for level in range(quantizer.levels)]
+    start[fixed] = known.loc[src[fixed], cols].to_numpy(np.int64)
+    ids, info = resolve(start, cfg.quantizer.collision, last_level_cost(quantizer, residuals[-1]), fixed)
+    return _write(name, cfg, quantizer, codes, ids, {"mode": "incremental", "fit_seconds": 0.0, "collision": info,
+                                                     "known_items": int(fixed.sum()),
+                                                     "new_items": int((~fixed).sum())})

@@ -193,7 +193,7 @@ def _inputs_for(name: str, cfg: Config, rc: RecommendConfig, codebook: Path | No
                                 f"re-run `semid quantize {name}` on the current data.")
         if rc.joint:
             text = load_embeddings(cfg, name)
-    return tables, n_items, (quantizer, codes, text)
+    return tables, n_items, (codes, quantizer, text)
 
 
 def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | None = None,
