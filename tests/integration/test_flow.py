@@ -1,0 +1,127 @@
+"""The retrain flow end to end on a tiny local dataset: promotion, a failed gate, resume from cache, a race."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from tests.integration.conftest import shop_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
+    from flows.retrain import GateFailed, retrain
+
+    sets = shop_params(tmp_path, emb_cache)
+    summary = retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
+    assert summary["codebook"]["promoted"] and summary["recommender"]["promoted"]
+    client = _client(tmp_path)
+    champ = client.get_model_version_by_alias("semid-codebook", "champion")
+    assert str(champ.version) == "1" and champ.tags["gate"] == "passed"
+    # every registered version traces to git sha, data hash and config
+    for model in ("semid-codebook", "semid-recommender"):
+        mv = client.get_model_version(model, "1")
+        assert mv.tags["git_sha"] and mv.tags["data_hash"] and mv.tags["config_hash"]
+        assert mv.tags["prefect_flow_run_id"]
+        run = client.get_run(mv.run_id)
+        assert run.data.tags["mlflow.parentRunId"]
+    assert "l0_k_eff" in client.get_run(champ.run_id).data.metrics
+    # the registered codebook answers embeddings -> semantic IDs
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/semid-codebook@champion")
+    import numpy as np
+
+    emb = np.load(tmp_path / "data" / "features" / "shop" / "embeddings.npy")
+    out = model.predict(__import__("pandas").DataFrame({"embedding": list(emb[:3])}))
+    assert list(out.columns[:1]) == ["semantic_id"] and len(out) == 3
+
+    worse = sets + ["quantizer.levels=1", "quantizer.codebook_size=2", "quantizer.distances=[euclidean]"]
+    with pytest.raises(GateFailed, match="duplicate_rate"):
+        retrain(config=str(tmp_path / "none.yaml"), overrides=worse)
+    assert str(client.get_model_version_by_alias("semid-codebook", "champion").version) == "1"
+    v2 = client.get_model_version("semid-codebook", "2")
+    assert v2.tags["gate"] == "failed" and "duplicate_rate" in v2.tags["gate_reasons"]
+    # the recommender was not trained on the rejected codebook
+    assert len(client.search_model_versions("name='semid-recommender'")) == 1
+    assert (tmp_path / "data" / "semantic" / "shop" / "gate_codebook.md").read_text().count("FAIL") >= 1
+
+
+def test_rerun_after_recommender_crash_resumes_from_cache(tmp_path, emb_cache, monkeypatch):
+    import tasks.recommend
+    from flows.retrain import retrain
+
+    sets = shop_params(tmp_path, emb_cache)
+    real = tasks.recommend.recommend
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash in the recommender step")
+
+    monkeypatch.setattr(tasks.recommend, "recommend", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
+    monkeypatch.setattr(tasks.recommend, "recommend", real)
+    summary = retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
+    earlier = ("ingest", "validate", "embed", "quantize", "diagnose", "register-codebook")
+    executed = [s for s in earlier if summary["steps"][s] != "Cached"]
+    assert executed == [], f"steps re-executed after the crash: {summary['steps']}"
+    assert summary["recommender"]["promoted"]
+    # only one codebook version: the rerun reused the registration from the crashed run
+    assert len(_client(tmp_path).search_model_versions("name='semid-codebook'")) == 1
+
+
+def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
+    from tasks.config import load_config
+    from tasks.gate import GateReport
+    from tasks.register import CodebookModel, client_for, log_and_register, promote
+
+    sets = shop_params(tmp_path, emb_cache)
+    cfg = load_config(None, sets)
+    client, exp = client_for(cfg)
+    folder = tmp_path / "cb"
+    folder.mkdir()
+    (folder / "meta.json").write_text('{"encoder": "x"}')
+    versions = []
+    for i in range(2):
+        run = client.create_run(exp, run_name=f"candidate-{i}")
+        client.log_metric(run.info.run_id, "l0_k_eff", 10.0 + i)
+        versions.append(log_and_register(cfg, run.info.run_id, "race-model", CodebookModel(),
+                                         {"meta": str(folder / "meta.json")}, {"candidate": str(i)}))
+    barrier, results = threading.Barrier(2), {}
+
+    def decide_factory(value: float):
+        def decide(champion):
+            rep = GateReport("codebook")
+            from tasks.gate import Check
+
+            floor = champion["l0_k_eff"] if champion else 0.0
+            rep.checks.append(Check("k_eff", value, floor, floor or None, value >= floor, ">= champion"))
+            return rep
+        return decide
+
+    def race(i: int) -> None:
+        barrier.wait()
+        results[i] = promote(cfg, "race-model", versions[i], decide_factory(10.0 + i))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mvs = client.search_model_versions("name='race-model'")
+    assert sorted(str(mv.version) for mv in mvs) == ["1", "2"]
+    holders = [v for v in versions if "champion" in client.get_model_version("race-model", v).aliases]
+    assert len(holders) == 1
+    # both outcomes are recorded on the versions
+    assert all(client.get_model_version("race-model", v).tags["gate"] in ("passed", "failed") for v in versions)
+    # the check ran against whatever champion was current inside the lock: the better candidate always wins
+    assert holders == [versions[1]]
