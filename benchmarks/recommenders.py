@@ -1,0 +1,137 @@
+"""Recommender benchmark: SASRec with id / semantic / unified item vectors on the Amazon sets (full ranking,
+unmasked and history-masked, and 1 + 99 sampled negatives), and DTN vs MMoE vs shared-bottom AUC per task on
+ml-100k (mean +- std over seeds).
+
+Writes benchmarks/results/recommenders.json (flat records, machine + date) and recommenders.md. Needs the
+datasets fetched + validated; semantic IDs are fitted with the params.yaml quantizer when missing.
+
+    python benchmarks/recommenders.py [--datasets amazon-scientific amazon-office] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.quantizers import machine  # noqa: E402
+from tasks.config import load_config  # noqa: E402
+from tasks.quantize import quantize, semantic_dir  # noqa: E402
+from tasks.rank import rank  # noqa: E402
+from tasks.recommend import recommend  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+ANCHORS = {  # published Beauty full-ranking Recall@10 / NDCG@10 (papers.md section 1)
+    "SASRec (TIGER paper)": (0.0605, 0.0318), "tuned SASRec": (0.0740, 0.0423), "TIGER": (0.0648, 0.0384),
+    "LC-Rec": (0.0791, 0.0438),
+}
+KEYS = ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@1", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+
+
+def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> list[dict]:
+    rows = []
+    for item_repr in reprs:
+        cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml",
+                          [f"recommend.item_repr={item_repr}", f"recommend.seed={seed}", *sets])
+        if item_repr != "id" and not (semantic_dir(cfg, name) / "ids.parquet").exists():
+            quantize(name, cfg)
+        out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec")
+        m = out["metrics"]
+        for proto in ("full", "full_masked", "sampled99"):
+            if f"test_{proto}_mrr" not in m:
+                continue
+            rows.append({"dataset": name, "model": "sasrec", "item_repr": item_repr,
+                         "protocol": "full" if proto.startswith("full") else proto,
+                         "masked": proto == "full_masked" if proto.startswith("full") else None, "seed": seed,
+                         **{k: m[f"test_{proto}_{k}"] for k in KEYS},
+                         "valid_ndcg@10": m.get(f"valid_{proto}_ndcg@10"),
+                         "seconds_per_epoch": m["seconds_per_epoch"], "epochs": m["epochs"],
+                         "best_epoch": m["best_epoch"], "params": out["params"], "loss": cfg.recommend.loss})
+        print(f"  {name} sasrec {item_repr}: full-masked R@10 {m['test_full_masked_recall@10']:.4f} "
+              f"N@10 {m['test_full_masked_ndcg@10']:.4f}; unmasked N@10 {m['test_full_ndcg@10']:.4f}; "
+              f"{m['seconds_per_epoch']:.1f} s/epoch, {m['epochs']} epochs", flush=True)
+    return rows
+
+
+def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        for seed in seeds:
+            cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml",
+                              [f"ranker.model={model}", f"ranker.seed={seed}", *sets])
+            out = rank("ml-100k", cfg)
+            m = out["metrics"]
+            rows.append({"dataset": "ml-100k", "model": model, "item_repr": None, "protocol": "auc", "seed": seed,
+                         **{k: v for k, v in m.items() if k.startswith("test_auc_")},
+                         "auc_interact": m["test_auc_interact"], "auc_like": m["test_auc_like"],
+                         "seconds_per_epoch": m["seconds_per_epoch"], "epochs": m["epochs"],
+                         "params": out["params"]})
+            print(f"  ml-100k {model} seed {seed}: AUC interact {m['test_auc_interact']:.4f} like "
+                  f"{m['test_auc_like']:.4f} ({m['epochs']} epochs, {m['seconds_per_epoch']:.1f} s/epoch)",
+                  flush=True)
+    return rows
+
+
+def write(records: list[dict], args) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = machine()
+    for r in records:
+        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"]})
+    (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
+    lines = ["# Recommender benchmark", "",
+             f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} ({meta['torch_threads']} "
+             f"threads), Python {meta['python']}. Date: {meta['date']}.",
+             f"Command: `python benchmarks/recommenders.py {' '.join(sys.argv[1:])}`", "",
+             "## SASRec, leave-one-out test split", "",
+             "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
+             "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
+             "| dataset | item repr | protocol | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
+             "(best) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r["model"] != "sasrec":
+            continue
+        proto = r["protocol"] + (" (masked)" if r.get("masked") else " (unmasked)" if r["protocol"] == "full" else "")
+        lines.append(f"| {r['dataset']} | {r['item_repr']} | {proto} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | "
+                     f"{r['recall@20']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | {r['ndcg@20']:.4f} | "
+                     f"{r['mrr']:.4f} | {r['seconds_per_epoch']:.1f} | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['params']:,} |")
+    lines += ["", "Published Beauty full-ranking anchors (Recall@10 / NDCG@10): "
+              + "; ".join(f"{k} {a:.4f} / {b:.4f}" for k, (a, b) in ANCHORS.items()) + ".", ""]
+    rankers = [r for r in records if r["protocol"] == "auc"]
+    if rankers:
+        lines += ["## Multi-task rankers on ml-100k (test AUC, mean +- std over seeds)", "",
+                  "| model | AUC interact | AUC like | seeds | s/epoch | params |", "|---|---|---|---|---|---|"]
+        for model in dict.fromkeys(r["model"] for r in rankers):
+            rs = [r for r in rankers if r["model"] == model]
+            a, b = np.array([r["auc_interact"] for r in rs]), np.array([r["auc_like"] for r in rs])
+            lines.append(f"| {model} | {a.mean():.4f} +- {a.std():.4f} | {b.mean():.4f} +- {b.std():.4f} | "
+                         f"{len(rs)} | {np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {rs[0]['params']:,} |")
+    (OUT / "recommenders.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="*", default=["amazon-scientific", "amazon-office"])
+    ap.add_argument("--reprs", nargs="+", default=["id", "semantic", "unified"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="ranker seeds")
+    ap.add_argument("--rankers", nargs="*", default=["dtn", "mmoe", "shared-bottom"])
+    ap.add_argument("--set", dest="sets", nargs="*", default=[], help="config overrides, e.g. recommend.epochs=100")
+    args = ap.parse_args()
+    records: list[dict] = []
+    for name in args.datasets:
+        records += sasrec_records(name, args.reprs, 0, args.sets)
+        write(records, args)
+    if args.rankers:
+        records += ranker_records(args.seeds, args.rankers, args.sets)
+        write(records, args)
+    print(f"wrote {OUT / 'recommenders.json'} and recommenders.md")
+
+
+if __name__ == "__main__":
+    main()
