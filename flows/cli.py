@@ -174,6 +174,35 @@ def diagnose(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = 
     print_diagnostics(diag)
 
 
+@app.command("gate")
+@friendly
+def gate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Check NAME's codebook diagnostics against the gate thresholds (params.yaml `gate:`); exit 1 if it fails.
+
+    The retrain flow also compares against the registered champion; this command checks the thresholds only."""
+    import json
+
+    from tasks.gate import gate_codebook
+    from tasks.quantize import semantic_dir
+
+    cfg = _cfg(config, set_, name)
+    path = semantic_dir(cfg, name) / "diagnostics.json"
+    if not path.exists():
+        raise PipelineError(f"No diagnostics for '{name}' at {path}.", f"run `semid diagnose {name}` first.")
+    report = gate_codebook(json.loads(path.read_text()), cfg.gate)
+    report.write(semantic_dir(cfg, name))
+    table = Table(title=f"{name}: codebook gate")
+    for col in ("check", "value", "rule", "result"):
+        table.add_column(col)
+    for c in report.checks:
+        table.add_row(c.name, f"{c.value:.4g}", c.rule, "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    console.print(table)
+    if not report.passed:
+        raise PipelineError(report.explanation().split(". It was registered")[0] + ".",
+                            "loosen the thresholds in params.yaml `gate:` or change the quantizer settings.")
+    console.print("[green]gate passed[/]")
+
+
 def print_diagnostics(diag: dict[str, Any]) -> None:
     table = Table(title=f"{diag.get('dataset', '')} {diag['method']} codebook diagnostics")
     for col in ("lvl", "dist", "active", "ppl", "gini", "1/Σπ²", "K_eff", "K_eff/K", "K_gauss", "σ", "MSE"):

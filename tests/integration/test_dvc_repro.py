@@ -40,6 +40,9 @@ def test_dvc_repro_twice_is_noop(tmp_path):
     params["quantizer"].update({"method": "rqkmeans", "levels": 2, "codebook_size": 4,
                                 "distances": ["cosine", "euclidean"], "kmeans_iters": 5})
     params["embed"]["cache_dir"] = str(tmp_path / "emb-cache")
+    params["gate"].update({"min_k_eff_ratio": 0.0, "min_active_share": 0.0, "max_duplicate_rate": 0.9,
+                           "max_recon_mse": 1.0})
+    params["recommend"].update({"epochs": 2, "patience": 1, "layers": 1, "negatives": 2})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "SEMID_NO_DVC"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -47,11 +50,15 @@ def test_dvc_repro_twice_is_noop(tmp_path):
                 ["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "commit", "-qm", "init"]):
         _sh(cmd, work, env)
     first = _sh(["dvc", "repro"], work, env)
-    for stage in ("ingest", "validate", "embed", "quantize", "diagnose"):
+    for stage in ("ingest", "validate", "embed", "quantize", "diagnose", "gate", "train"):
         assert f"Running stage '{stage}'" in first
     assert (work / "data" / "processed" / "shop" / "interactions.parquet").exists()
     second = _sh(["dvc", "repro"], work, env)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
     metrics = _sh(["dvc", "metrics", "show"], work, env)
-    assert "l0_k_eff" in metrics and "duplicate_rate" in metrics
+    assert "l0_k_eff" in metrics and "duplicate_rate" in metrics and "test_full_masked_ndcg@10" in metrics
+    params_diff = _sh(["dvc", "params", "diff", "--all"], work, env)
+    assert "quantizer.levels" in params_diff
+    exp = _sh(["dvc", "exp", "run", "--set-param", "recommend.epochs=1"], work, env)
+    assert "Running stage 'train'" in exp and "Running stage 'quantize'" not in exp
