@@ -54,8 +54,9 @@ def test_cron_deployment_runs_on_a_real_server(tmp_path, emb_cache):
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     bin_dir = Path(sys.executable).parent
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    server_out, serve_out = open(server_log, "w"), open(serve_log, "w")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=open(server_log, "w"), stderr=subprocess.STDOUT,
+                               str(port)], env=env, stdout=server_out, stderr=subprocess.STDOUT,
                               start_new_session=True)
     serve = None
     try:
@@ -65,7 +66,7 @@ def test_cron_deployment_runs_on_a_real_server(tmp_path, emb_cache):
         cmd = [str(bin_dir / "semid"), "schedule", "--cron", "0 3 * * 1", "--config", str(tmp_path / "none.yaml")]
         for s in sets:
             cmd += ["--set", s]
-        serve = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=open(serve_log, "w"), stderr=subprocess.STDOUT,
+        serve = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=serve_out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
 
         def deployment():
@@ -88,4 +89,6 @@ def test_cron_deployment_runs_on_a_real_server(tmp_path, emb_cache):
         if serve is not None:
             _stop(serve)
         _stop(server)
+        server_out.close()
+        serve_out.close()
     assert server.poll() is not None
