@@ -4,6 +4,7 @@ to the nearest free last-level codeword, optimal assignment inside each collidin
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -78,3 +79,51 @@ def resolve(codes: np.ndarray, mode: str, last_cost: np.ndarray | None = None,
     if duplicate_rate(ids) > 0:
         ids, info["fallback_dedup"] = dedup_level(ids), True
     return ids, info
+
+
+def extend_ids(codes: np.ndarray, known: np.ndarray, fixed: np.ndarray, last_cost: np.ndarray,
+               mode: str, search: Callable[[int, set], tuple | None] | None = None) -> tuple[np.ndarray, dict]:
+    """Unique IDs for a grown catalogue that keep the known items' IDs.
+
+    codes [N, L]: the codebook's codes for every item; known [N, W] (W = L, or L + 1 with a counter level):
+    the registered IDs, valid where `fixed`. New items are first moved to free last-level codes (reassign
+    mode); if the known IDs carry a counter level, new items that still collide get the next free counter of
+    their prefix, otherwise `search(i, used)` proposes the nearest free ID. Only when that fails too is a
+    counter level appended to all (which changes every ID; the churn check reports it)."""
+    n, levels = codes.shape
+    width = known.shape[1]
+    start = codes.copy()
+    start[fixed] = known[fixed, :levels]
+    info = {"mode": mode, "moved": 0, "fallback_dedup": False}
+    if mode == "reassign":
+        start, info["moved"] = reassign(start, last_cost, fixed)
+    if width == levels:
+        if duplicate_rate(start) > 0 and search is not None:
+            used = {tuple(row) for row in start[fixed].tolist()}
+            for i in np.flatnonzero(~fixed):
+                if tuple(start[i].tolist()) in used:
+                    alt = search(int(i), used)
+                    if alt is not None:
+                        start[i] = alt
+                        info["moved"] += 1
+                used.add(tuple(start[i].tolist()))
+        if duplicate_rate(start) > 0:
+            info["fallback_dedup"] = True
+            order = np.argsort(~fixed, kind="stable")  # known items number first within each group
+            counted = dedup_level(start[order])
+            out = np.empty_like(counted)
+            out[order] = counted
+            return out, info
+        return start, info
+    out = np.zeros((n, width), dtype=np.int64)
+    out[:, :levels] = start
+    out[fixed] = known[fixed]
+    used: dict[tuple[int, ...], set[int]] = defaultdict(set)
+    for i in np.flatnonzero(fixed):
+        used[tuple(out[i, :levels])].add(int(out[i, levels]))
+    for i in np.flatnonzero(~fixed):
+        taken = used[tuple(out[i, :levels])]
+        counter = next(c for c in range(len(taken) + 1) if c not in taken)
+        out[i, levels] = counter
+        taken.add(counter)
+    return out, info

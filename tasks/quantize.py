@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_quantizer
-from models.collisions import duplicate_rate, resolve
+from models.collisions import duplicate_rate, extend_ids, resolve
 from models.drq import cooccurrence_pairs
 from models.kmeans import pairwise_sq_dist
 from models.quantizer import Quantizer, QuantizerInputError
@@ -100,6 +100,35 @@ def quantize(name: str, cfg: Config) -> dict[str, Any]:
                   {"mode": "fit", "fit_seconds": round(out["fit_seconds"], 3), "collision": out["collision"]})
 
 
+def _costs(r: torch.Tensor, cb: torch.Tensor, distance: str) -> torch.Tensor:
+    if distance == "cosine":
+        return 1 - F.normalize(cb, dim=1) @ F.normalize(r, dim=0)
+    return (cb - r).pow(2).sum(1)
+
+
+def nearest_free_id(quantizer: Quantizer, residuals: list[torch.Tensor], code: np.ndarray, i: int, used: set,
+                    width: int = 16) -> tuple[int, ...] | None:
+    """The cheapest ID not in `used` that keeps item i's first L-2 codes: search the last two levels
+    (the `width` nearest codewords of the second-to-last level, then the last level in cost order)."""
+    levels = quantizer.levels
+    if levels < 2:
+        return None
+    prefix = tuple(int(c) for c in code[: levels - 2])
+    r = residuals[levels - 2][i]
+    cost_a = _costs(r, quantizer.codebooks[levels - 2], quantizer.distances[levels - 2])
+    best, best_cost = None, float("inf")
+    for a in torch.argsort(cost_a)[:width].tolist():
+        cost_b = _costs(r - quantizer.codebooks[levels - 2][a], quantizer.codebooks[-1], quantizer.distances[-1])
+        for b in torch.argsort(cost_b).tolist():
+            cand = (*prefix, a, b)
+            if cand not in used:
+                total = float(cost_a[a] + cost_b[b])
+                if total < best_cost:
+                    best, best_cost = cand, total
+                break
+    return best
+
+
 def extend(name: str, cfg: Config, quantizer: Quantizer, champion_ids: pd.DataFrame) -> dict[str, Any]:
     """Incremental mode: encode every item with the champion's codebook; items the champion knows (same
     source_id) keep their registered ID, new items get codes with collisions resolved around the fixed ones."""
@@ -110,13 +139,14 @@ def extend(name: str, cfg: Config, quantizer: Quantizer, champion_ids: pd.DataFr
     except QuantizerInputError as err:
         raise PipelineError(f"Cannot encode {name} with the champion codebook: {err}.",
                             "set flow.mode=retrain to fit a new codebook.") from None
-    known = champion_ids.set_index(champion_ids["source_id"].astype(str))
+    known_ids = champion_ids.set_index(champion_ids["source_id"].astype(str))
     src = items["source_id"].astype(str).to_numpy()
-    fixed = np.isin(src, known.index.to_numpy())
-    start = codes.copy()
-    cols = [f"code_{level}" for level in range(quantizer.levels)]
-    start[fixed] = known.loc[src[fixed], cols].to_numpy(np.int64)
-    ids, info = resolve(start, cfg.quantizer.collision, last_level_cost(quantizer, residuals[-1]), fixed)
+    fixed = np.isin(src, known_ids.index.to_numpy())
+    cols = [c for c in champion_ids.columns if c.startswith("code_")]
+    known = np.zeros((len(src), len(cols)), dtype=np.int64)
+    known[fixed] = known_ids.loc[src[fixed], cols].to_numpy(np.int64)
+    ids, info = extend_ids(codes, known, fixed, last_level_cost(quantizer, residuals[-1]), cfg.quantizer.collision,
+                           search=lambda i, used: nearest_free_id(quantizer, residuals, codes[i], i, used))
     return _write(name, cfg, quantizer, codes, ids, {"mode": "incremental", "fit_seconds": 0.0, "collision": info,
                                                      "known_items": int(fixed.sum()),
                                                      "new_items": int((~fixed).sum())})

@@ -103,3 +103,20 @@ def test_reassign_falls_back_when_prefix_overfull():
     codes = np.zeros((5, 2), dtype=int)  # 5 items, only 3 last-level codes
     ids, info = resolve(codes, "reassign", np.zeros((5, 3)))
     assert info["fallback_dedup"] and duplicate_rate(ids) == 0.0
+
+
+def test_extend_ids_keeps_known_ids_and_places_new_items():
+    from models.collisions import duplicate_rate, extend_ids
+
+    codes = np.array([[0, 1], [0, 2], [0, 1], [1, 0]])  # item 2 (new) lands on item 0's ID
+    known = np.array([[0, 1], [0, 2], [0, 0], [0, 0]])
+    fixed = np.array([True, True, False, False])
+    cost = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [5.0, 0.0, 1.0, 0.5], [0.0, 1, 1, 1]])
+    ids, info = extend_ids(codes, known, fixed, cost, "reassign")
+    assert ids[:2].tolist() == [[0, 1], [0, 2]]  # known items untouched
+    assert ids[2].tolist() == [0, 3] and ids[3].tolist() == [1, 0]  # cheapest free code in its prefix
+    assert duplicate_rate(ids) == 0 and info["moved"] == 1
+    # known IDs with a counter level: a colliding new item gets the next free counter of its prefix
+    known3 = np.array([[0, 1, 0], [0, 2, 0], [0, 0, 0], [0, 0, 0]])
+    ids3, _ = extend_ids(codes, known3, fixed, cost, "dedup_level")
+    assert ids3.tolist() == [[0, 1, 0], [0, 2, 0], [0, 1, 1], [1, 0, 0]]
