@@ -124,3 +124,14 @@ def test_masked_rows_do_not_count():
     assert torch.isclose(with_mask, expected)
     with pytest.raises(ValueError, match="ranker model"):
         build_ranker("ple", fields=None, tasks=2, embed_dim=4, module_dim=8, tower_dims=[8], dropout=0.0)
+
+
+def test_ali_ccp_sample_smoke_run(shared_mirror, tmp_path):
+    from tasks.config import load_config
+    from tasks.rank import rank
+
+    cfg = load_config(None, [f"data.root={tmp_path}", f"data.mirror={shared_mirror}", "ranker.epochs=2"])
+    out = rank("ali-ccp-sample", cfg)
+    assert out["tasks"] == ["click", "purchase"] and out["rows"]["train"] == 100
+    assert 0.0 <= out["metrics"]["test_auc_click"] <= 1.0
+    assert (tmp_path / "rank" / "ali-ccp-sample" / "dtn" / "model.safetensors").exists()
