@@ -41,7 +41,8 @@ def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> l
                           [f"recommend.item_repr={item_repr}", f"recommend.seed={seed}", *sets])
         if item_repr != "id" and not (semantic_dir(cfg, name) / "ids.parquet").exists():
             quantize(name, cfg)
-        out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec")
+        out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec",
+                        on_epoch=lambda r: print(f"    epoch {r['epoch']}: {r}", flush=True))
         m = out["metrics"]
         for proto in ("full", "full_masked", "sampled99"):
             if f"test_{proto}_mrr" not in m:

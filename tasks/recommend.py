@@ -72,11 +72,16 @@ class Split:
 
 
 def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator):
-    """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded."""
-    usable = [s for s in train if len(s) >= 2]
-    order = torch.randperm(len(usable), generator=gen).tolist()
-    for start in range(0, len(order), batch_size):
-        chunk = [usable[i][-(max_len + 1):] for i in order[start:start + batch_size]]
+    """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded.
+
+    Users are grouped by sequence length (random order within equal lengths, batches shuffled), so a batch
+    is padded to about its own length instead of max_len: most Amazon users have < 10 items."""
+    usable = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    noise = torch.rand(len(usable), generator=gen).numpy()
+    order = np.lexsort((noise, [len(s) for s in usable]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for b in torch.randperm(len(batches), generator=gen).tolist():
+        chunk = [usable[i] for i in batches[b]]
         inputs, _ = pad([s[:-1] for s in chunk], max_len)
         targets, _ = pad([s[1:] for s in chunk], max_len)
         yield inputs, targets
