@@ -10,7 +10,6 @@ Writes data/rank/NAME/<model>/: model.safetensors, ranker.json, metrics.json.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.dtn import FieldEmbedding, Ranker, build_ranker, multitask_loss
+from models.early_stopping import EarlyStopper
 from models.metrics import auc
 from tasks.config import Config, RankerConfig
 from tasks.errors import PipelineError
@@ -167,7 +167,7 @@ def fit_ranker(model: Ranker, data: RankData, rc: RankerConfig) -> dict[str, Any
     opt = torch.optim.Adam(model.parameters(), lr=rc.lr)
     train = data.splits["train"]
     weights = list(rc.task_weights)[: len(data.tasks)]
-    best, best_state, waited, history, seconds = -1.0, None, 0, [], 0.0
+    stopper, history, seconds = EarlyStopper(rc.patience), [], 0.0
     for epoch in range(rc.epochs):
         model.train()
         start = time.perf_counter()
@@ -182,16 +182,11 @@ def fit_ranker(model: Ranker, data: RankData, rc: RankerConfig) -> dict[str, Any
         valid = task_aucs(model, data, "valid")
         score = float(np.mean([v for v in valid.values() if v is not None] or [0.0]))
         history.append({"epoch": epoch, "valid_mean_auc": score, **{f"valid_auc_{k}": v for k, v in valid.items()}})
-        if score > best:
-            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= rc.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"epochs": len(history), "seconds_per_epoch": seconds / max(len(history), 1), "best_valid": best,
-            "history": history}
+        if stopper.step(model, score, epoch):
+            break
+    stopper.restore(model)
+    return {"epochs": len(history), "seconds_per_epoch": seconds / max(len(history), 1),
+            "best_valid": stopper.best, "history": history}
 
 
 def rank_dir(cfg: Config, name: str, model: str) -> Path:

@@ -8,7 +8,6 @@ history.json.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.early_stopping import EarlyStopper
 from models.metrics import rank_metrics, sample_negatives, target_ranks
 from models.quantizer import Quantizer
 from models.sasrec import ItemTable, JointRQ, SASRec
@@ -137,7 +137,7 @@ def fit(model: SASRec, split: Split, rc: RecommendConfig,
     gen = torch.Generator().manual_seed(rc.seed)
     opt = torch.optim.Adam(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     protocol = "full_masked" if rc.mask_history else "full"
-    best, best_epoch, best_state, history, waited = -1.0, -1, None, [], 0
+    stopper, history = EarlyStopper(rc.patience), []
     train_seconds = 0.0
     for epoch in range(rc.epochs):
         model.train()
@@ -155,16 +155,12 @@ def fit(model: SASRec, split: Split, rc: RecommendConfig,
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        if valid > best:
-            best, best_epoch, best_state, waited = valid, epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= rc.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "epochs": len(history), "monitor": f"valid {protocol} {rc.monitor}",
-            "best_valid": best, "seconds_per_epoch": train_seconds / max(len(history), 1), "history": history}
+        if stopper.step(model, valid, epoch):
+            break
+    stopper.restore(model)
+    return {"best_epoch": stopper.best_epoch, "epochs": len(history), "monitor": f"valid {protocol} {rc.monitor}",
+            "best_valid": stopper.best, "seconds_per_epoch": train_seconds / max(len(history), 1),
+            "history": history}
 
 
 def flat_metrics(results: dict[str, dict[str, dict]]) -> dict[str, float]:
