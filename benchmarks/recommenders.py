@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,6 +62,26 @@ def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> l
     return rows
 
 
+def start_recbole(python: str, name: str, epochs: int, out: Path) -> subprocess.Popen:
+    """RecBole's SASRec on the same processed split, in its own venv, as a parallel 1-thread process."""
+    processed = Path(__file__).resolve().parents[1] / "data" / "processed" / name
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen([python, str(Path(__file__).with_name("recbole_sasrec.py")), str(processed), str(out),
+                             "--epochs", str(epochs), "--threads", "1"], stdout=log, stderr=subprocess.STDOUT)
+
+
+def recbole_record(name: str, out: Path, ours: list[dict]) -> dict:
+    res = json.loads(out.read_text())
+    t = res["test"]
+    mine = next(r for r in ours if r["dataset"] == name and r["item_repr"] == "id" and r["protocol"] == "full"
+                and not r["masked"])
+    return {"dataset": name, "model": "recbole-sasrec", "item_repr": "id", "protocol": "full", "masked": False,
+            "seed": 0, **{k: t.get(k) for k in KEYS}, "seconds_per_epoch": res["seconds_per_epoch"],
+            "epochs": res["epochs"], "epoch_cap": res["epoch_cap"], "best_epoch": None, "params": None,
+            "loss": "ce", "seconds_per_epoch_ratio_ours_over_recbole": mine["seconds_per_epoch"]
+            / res["seconds_per_epoch"], "train_samples": res["train_samples"]}
+
+
 def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list[dict]:
     rows = []
     for model in models:
@@ -95,13 +117,21 @@ def write(records: list[dict], args) -> None:
              "| dataset | item repr | protocol | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
              "(best) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        if r["model"] != "sasrec":
+        if r["model"] not in ("sasrec", "recbole-sasrec"):
             continue
         proto = r["protocol"] + (" (masked)" if r.get("masked") else " (unmasked)" if r["protocol"] == "full" else "")
-        lines.append(f"| {r['dataset']} | {r['item_repr']} | {proto} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | "
+        label = r["item_repr"] if r["model"] == "sasrec" else "id (**RecBole 1.2.1**)"
+        lines.append(f"| {r['dataset']} | {label} | {proto} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | "
                      f"{r['recall@20']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | {r['ndcg@20']:.4f} | "
                      f"{r['mrr']:.4f} | {r['seconds_per_epoch']:.1f} | {r['epochs']} ({r['best_epoch']}) | "
-                     f"{r['params']:,} |")
+                     f"{r['params'] or 0:,} |")
+    for r in records:
+        if r["model"] == "recbole-sasrec":
+            lines.append(f"\nRecBole reference on {r['dataset']}: our SASRec (id) seconds per epoch / RecBole's = "
+                         f"**{r['seconds_per_epoch_ratio_ours_over_recbole']:.3f}** (both 1 thread, run side by side; "
+                         f"RecBole trains on {r['train_samples']:,} prefix-augmented samples per epoch, we on one "
+                         f"sequence per user with a loss at every position; RecBole epochs {r['epochs']} of cap "
+                         f"{r['epoch_cap']}).")
     lines += ["", "Published Beauty full-ranking anchors (Recall@10 / NDCG@10): "
               + "; ".join(f"{k} {a:.4f} / {b:.4f}" for k, (a, b) in ANCHORS.items()) + ".", ""]
     rankers = [r for r in records if r["protocol"] == "auc"]
@@ -123,10 +153,26 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="ranker seeds")
     ap.add_argument("--rankers", nargs="*", default=["dtn", "mmoe", "shared-bottom"])
     ap.add_argument("--set", dest="sets", nargs="*", default=[], help="config overrides, e.g. recommend.epochs=100")
+    ap.add_argument("--recbole-python", default=None, help="python of a venv with recbole==1.2.1 (its own deps)")
+    ap.add_argument("--recbole-datasets", nargs="*", default=["amazon-scientific"])
+    ap.add_argument("--recbole-epochs", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for our models (RecBole gets 1)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     records: list[dict] = []
     for name in args.datasets:
+        job = None
+        if args.recbole_python and name in args.recbole_datasets:
+            job = (start_recbole(args.recbole_python, name, args.recbole_epochs, OUT / f"recbole-{name}.json"),
+                   OUT / f"recbole-{name}.json")
         records += sasrec_records(name, args.reprs, 0, args.sets)
+        if job is not None:
+            print(f"  waiting for RecBole on {name} ...", flush=True)
+            if job[0].wait() == 0:
+                records.append(recbole_record(name, job[1], records))
+                print("  ", records[-1], flush=True)
+            else:
+                print(f"  RecBole failed on {name}: see {job[1].with_suffix('.log')}", flush=True)
         write(records, args)
     if args.rankers:
         records += ranker_records(args.seeds, args.rankers, args.sets)
