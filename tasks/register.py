@@ -174,7 +174,8 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with `history` (list of source item ids, oldest first) -> top-k source item ids."""
+    """pyfunc: DataFrame with `history` (list of source item ids, oldest first) and an optional `k` column
+    (default 10) -> top-k source item ids per row."""
 
     def load_context(self, context) -> None:
         import torch
@@ -202,7 +203,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from tasks.recommend import pad
 
-        k = int((params or {}).get("k", 10))
+        k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
         seqs = [np.array([self.index[str(s)] for s in hist if str(s) in self.index], dtype=np.int64)
                 for hist in model_input["history"]]
         seq, lengths = pad([s if len(s) else np.array([0]) for s in seqs], self.max_len)

@@ -44,6 +44,17 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     emb = np.load(tmp_path / "data" / "features" / "shop" / "embeddings.npy")
     out = model.predict(__import__("pandas").DataFrame({"embedding": list(emb[:3])}))
     assert list(out.columns[:1]) == ["semantic_id"] and len(out) == 3
+    # the registered recommender answers a history of source item ids with top-k items
+    rec = mlflow.pyfunc.load_model("models:/semid-recommender@champion")
+    top = rec.predict(__import__("pandas").DataFrame({"history": [["i1", "i2", "i3"]], "k": [5]}))
+    assert len(top["recommendations"][0]) == 5
+    # `semid evaluate` rebuilds the saved model and gets the same test metrics as training did
+    from tasks.config import load_config
+    from tasks.recommend import reevaluate
+
+    again = reevaluate("shop", load_config(None, sets))
+    trained = summary["recommender"]["metrics"]
+    assert again["results"]["test"]["full"]["ndcg@10"] == pytest.approx(trained["test_full_ndcg@10"])
 
     worse = sets + ["quantizer.levels=1", "quantizer.codebook_size=2", "quantizer.distances=[euclidean]"]
     with pytest.raises(GateFailed, match="duplicate_rate"):

@@ -135,3 +135,23 @@ def test_ali_ccp_sample_smoke_run(shared_mirror, tmp_path):
     assert out["tasks"] == ["click", "purchase"] and out["rows"]["train"] == 100
     assert 0.0 <= out["metrics"]["test_auc_click"] <= 1.0
     assert (tmp_path / "rank" / "ali-ccp-sample" / "dtn" / "model.safetensors").exists()
+
+
+def test_joint_rqvae_inside_sasrec_trains_end_to_end():
+    from models.rqvae import RQVAE
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(30, 24)).astype(np.float32)
+    quantizer = RQVAE(2, 8, ["cosine", "euclidean"], seed=0, hidden=[16], dim=8, epochs=3, batch_size=16).fit(text)
+    rc = RecommendConfig(item_repr="unified", joint=True, unified_id_dim=8, epochs=3, patience=3, dropout=0.1,
+                         max_len=10, negatives=10, layers=1, heads=2)
+    codes = quantizer.encode(text)
+    model = build_model(30, rc, codes, quantizer, text)
+    assert model.items.joint is not None and model.items.dim == 16
+    before = [p.detach().clone() for p in model.items.joint.encoder.parameters()]
+    summary = fit(model, Split(_cycle_sequences(), 30, 10, 0), rc)
+    assert summary["epochs"] == 3
+    after = list(model.items.joint.encoder.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the tokenizer was trained
+    _, new_codes, aux = model.items.joint()
+    assert new_codes.shape == (30, 2) and torch.isfinite(aux)
