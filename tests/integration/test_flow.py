@@ -136,3 +136,32 @@ def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
     assert all(client.get_model_version("race-model", v).tags["gate"] in ("passed", "failed") for v in versions)
     # the check ran against whatever champion was current inside the lock: the better candidate always wins
     assert holders == [versions[1]]
+
+
+def test_two_flow_runs_racing_end_with_one_champion(tmp_path, emb_cache):
+    from flows.retrain import GateFailed, retrain
+
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    runs = [shop_params(tmp_path / f"run{i}", emb_cache, **{"quantizer.seed": i, "mlflow.tracking_uri": store,
+                                                            "flow.train_recommender": "false"}) for i in range(2)]
+    retrain(config=str(tmp_path / "none.yaml"), overrides=runs[0])  # both candidates see one champion (v1)
+    barrier, outcomes = threading.Barrier(2), {}
+
+    def race(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = retrain(config=str(tmp_path / "none.yaml"), overrides=runs[i] + ["diagnose.seed=1"])
+        except GateFailed as err:
+            outcomes[i] = err
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    client = _client(tmp_path)
+    versions = sorted(str(mv.version) for mv in client.search_model_versions("name='semid-codebook'"))
+    assert versions == ["1", "2", "3"]
+    holders = [v for v in versions if "champion" in client.get_model_version("semid-codebook", v).aliases]
+    assert len(holders) == 1
+    assert all(client.get_model_version("semid-codebook", v).tags["gate"] in ("passed", "failed") for v in versions)
