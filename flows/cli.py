@@ -366,7 +366,9 @@ def _mlflow_hint(cfg: Config) -> None:
 
 def print_run_summary(summary: dict[str, Any]) -> None:
     cb = summary["codebook"]
-    steps = ", ".join(f"{k} {v.lower()}" for k, v in summary["steps"].items())
+    secs = summary.get("seconds", {})
+    steps = ", ".join(f"{k} {v.lower()}" + (f" {secs[k]:.0f}s" if k in secs else "")
+                      for k, v in summary["steps"].items())
     console.print(f"steps: {steps}")
     print_diagnostics(summary["diagnostics"])
     verdict = "[green]passed[/]" if cb["gate"]["passed"] else "[red]failed[/]"

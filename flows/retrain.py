@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,12 @@ def _still_valid(step: str, cfg: Config, name: str, key: str | None) -> bool:
     return True
 
 
+TIMINGS: dict[str, float] = {}  # seconds per step of the current flow run (for the summary)
+
+
 def _run(task_fn, step: str, cfg: Config, name: str, *args: Any) -> tuple[Any, str]:
     """Call a cached step, refreshing its cache unless its outputs on disk match the key. (result, state name)."""
+    start = time.perf_counter()
     key = compute_key(step, cfg, name)
     fresh = not _still_valid(step, cfg, name, key)
     state = task_fn.with_options(refresh_cache=fresh)(name, cfg.model_dump_json(), *args, return_state=True)
@@ -135,6 +140,7 @@ def _run(task_fn, step: str, cfg: Config, name: str, *args: Any) -> tuple[Any, s
         stamp = _stamp(step, cfg, name)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"key": key, "version": (result or {}).get("version")}))
+    TIMINGS[step] = time.perf_counter() - start
     return result, state.name
 
 
@@ -277,6 +283,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     tags = {"git_sha": git_sha(), "config_hash": cfg.digest(), "prefect_flow_run_id": flow_run_id,
             "dataset": name, "mode": cfg.flow.mode}
     steps: dict[str, str] = {}
+    TIMINGS.clear()
     snap, steps["ingest"] = _run(ingest_task.with_options(retries=cfg.flow.retries), "ingest", cfg, name)
     tags["data_hash"] = snap["dvc_hash"] or snap["raw_hash"]
     tracker = Tracker(cfg, f"retrain-{name}", tags)
@@ -311,14 +318,17 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
             tracker.client.set_tag(tracker.parent, "gate", "failed")
             raise GateFailed(codebook["explanation"])
         if cfg.flow.train_recommender:
+            start = time.perf_counter()
             rec = recommend_task(name, cj, str(sem))
             steps["recommend"] = "Completed"
+            TIMINGS["recommend"] = time.perf_counter() - start
             summary["recommender"] = register_recommender_task(name, cj, rec, str(sem), tags, tracker.parent)
             summary["recommender"]["metrics"] = rec["metrics"]
             if not summary["recommender"]["promoted"]:
                 tracker.client.set_tag(tracker.parent, "gate", "failed")
                 raise GateFailed(summary["recommender"]["explanation"])
         tracker.client.set_tag(tracker.parent, "gate", "passed")
+        summary["seconds"] = dict(TIMINGS)
         _write_summary(cfg, summary)
         ok = True
         return summary

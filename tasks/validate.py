@@ -50,6 +50,8 @@ class ValidationOutcome:
 def _suites(spec_has_text: bool, cfg: Config, item_ids: list[str]) -> dict[str, list[Any]]:
     import great_expectations as gx
 
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)  # gx resets its loggers on import
+
     E = gx.expectations
     inter = [
         *(E.ExpectColumnToExist(column=c) for c in ("user_id", "item_id", "timestamp")),
@@ -96,6 +98,8 @@ def _frames(raw: RawTables) -> dict[str, pd.DataFrame]:
 def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path | None) -> ValidationOutcome:
     """Run one GX checkpoint over the three tables; data docs go to docs_dir when given."""
     import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)  # gx resets its loggers on import
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
