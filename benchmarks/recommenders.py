@@ -104,8 +104,9 @@ def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list
 def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = machine()
-    for r in records:
-        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"]})
+    for r in records:  # each record keeps where and when it was measured
+        r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
+        r.setdefault("date", meta["date"])
     (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
     lines = ["# Recommender benchmark", "",
              f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} ({meta['torch_threads']} "
@@ -157,9 +158,13 @@ def main() -> None:
     ap.add_argument("--recbole-datasets", nargs="*", default=["amazon-scientific"])
     ap.add_argument("--recbole-epochs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for our models (RecBole gets 1)")
+    ap.add_argument("--merge", action="store_true", help="keep the results file's other records")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     records: list[dict] = []
+    if args.merge and (OUT / "recommenders.json").exists():
+        fresh = set(args.datasets) | ({"ml-100k"} if args.rankers else set())
+        records = [r for r in json.loads((OUT / "recommenders.json").read_text()) if r["dataset"] not in fresh]
     for name in args.datasets:
         job = None
         if args.recbole_python and name in args.recbole_datasets:
