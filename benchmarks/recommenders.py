@@ -101,6 +101,10 @@ def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list
     return rows
 
 
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = machine()
@@ -122,9 +126,10 @@ def write(records: list[dict], args) -> None:
             continue
         proto = r["protocol"] + (" (masked)" if r.get("masked") else " (unmasked)" if r["protocol"] == "full" else "")
         label = r["item_repr"] if r["model"] == "sasrec" else "id (**RecBole 1.2.1**)"
-        lines.append(f"| {r['dataset']} | {label} | {proto} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | "
-                     f"{r['recall@20']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | {r['ndcg@20']:.4f} | "
-                     f"{r['mrr']:.4f} | {r['seconds_per_epoch']:.1f} | {r['epochs']} ({r['best_epoch']}) | "
+        cells = " | ".join(fmt(r.get(k)) for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10",
+                                                     "ndcg@20", "mrr"))
+        lines.append(f"| {r['dataset']} | {label} | {proto} | {cells} | {r['seconds_per_epoch']:.1f} | "
+                     f"{r['epochs']} ({r['best_epoch'] if r['best_epoch'] is not None else '-'}) | "
                      f"{r['params'] or 0:,} |")
     for r in records:
         if r["model"] == "recbole-sasrec":
@@ -159,7 +164,11 @@ def main() -> None:
     ap.add_argument("--recbole-epochs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for our models (RecBole gets 1)")
     ap.add_argument("--merge", action="store_true", help="keep the results file's other records")
+    ap.add_argument("--render", action="store_true", help="only rewrite recommenders.md from the JSON")
     args = ap.parse_args()
+    if args.render:
+        write(json.loads((OUT / "recommenders.json").read_text()), args)
+        return
     torch.set_num_threads(args.threads)
     records: list[dict] = []
     if args.merge and (OUT / "recommenders.json").exists():
