@@ -225,6 +225,9 @@ def markdown(records: list[dict], meta: dict, args) -> str:
             lines.append(f"| {r['dataset']} | embed step vs bare SentenceTransformer.encode ({r['texts']} texts, "
                          f"cold cache, median of {r.get('reps', 2)} paired runs) | {r['ratio']:.3f} | "
                          f"{r['ours_texts_per_s']:.1f} vs {r['bare_texts_per_s']:.1f} texts/s; measured {r['date']} |")
+    findings = OUT / "quantizers.findings.md"  # hand-written reading of the tables, kept across re-runs
+    if findings.exists():
+        lines += ["", findings.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
