@@ -149,6 +149,9 @@ def write(records: list[dict], args) -> None:
             a, b = np.array([r["auc_interact"] for r in rs]), np.array([r["auc_like"] for r in rs])
             lines.append(f"| {model} | {a.mean():.4f} +- {a.std():.4f} | {b.mean():.4f} +- {b.std():.4f} | "
                          f"{len(rs)} | {np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {rs[0]['params']:,} |")
+    findings = OUT / "recommenders.findings.md"  # hand-written reading of the tables, kept across re-runs
+    if findings.exists():
+        lines += ["", findings.read_text().rstrip()]
     (OUT / "recommenders.md").write_text("\n".join(lines) + "\n")
 
 
