@@ -273,6 +273,7 @@ def register_recommender_task(name: str, config_json: str, rec: dict[str, Any], 
 def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline once on the configured dataset; fails (state Failed) when a gate fails."""
     from tasks.config import Config as _Config  # noqa: F401 - keeps the import cost inside the flow
+    from tasks.diagnose import flat_metrics
     from tasks.gate import gate_codebook
     from tasks.register import Tracker, git_sha, load_champion
 
@@ -289,26 +290,43 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     tracker = Tracker(cfg, f"retrain-{name}", tags)
     ok = False
     try:
-        for step, fn in (("validate", validate_task), ("embed", embed_task)):
-            result, steps[step] = _run(fn, step, cfg, name)
-        tracker.metrics(tracker.step("validate"), {k: v for k, v in _load_stats(cfg, name).items()})
+        dump = cfg.model_dump(mode="json")
+
+        def log_step(step: str, section: str | None, metrics: dict[str, Any], artifacts: tuple[Path, ...] = ()):
+            """A nested MLflow run for one step: its config section, its numbers, its files, its cache state."""
+            run_id = tracker.step(step, dump[section] if section else None)
+            tracker.client.set_tag(run_id, "prefect_state", steps.get(step, "Completed"))
+            tracker.metrics(run_id, {**metrics, "seconds": TIMINGS.get(step, float("nan"))})
+            for path in artifacts:
+                tracker.artifacts(run_id, path, "outputs")
+            tracker.end(run_id)
+
+        log_step("ingest", "data", {})
+        validated, steps["validate"] = _run(validate_task, "validate", cfg, name)
+        log_step("validate", "data", _load_stats(cfg, name))
+        manifest, steps["embed"] = _run(embed_task, "embed", cfg, name)
+        log_step("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
         tracker.artifacts(tracker.parent, _data(cfg, "processed", name, "data_docs"), "gx_data_docs")
         (Path(cfg.data.root) / "config.json").write_text(cfg.model_dump_json(indent=2))
         tracker.artifacts(tracker.parent, Path(cfg.data.root) / "config.json", "config")
         refit_reason = None
         champion = load_champion(cfg, cfg.mlflow.codebook_model) if cfg.flow.mode == "incremental" else None
         if champion is not None:
-            extend_task(name, cj, champion)
+            extended = extend_task(name, cj, champion)
             steps["extend"] = "Completed"
+            log_step("extend", "quantizer", extended)
             diag, steps["diagnose"] = _run(diagnose_task, "diagnose", cfg, name)
             absolute = gate_codebook(diag, cfg.gate)
             if not absolute.passed:
                 refit_reason = "; ".join(absolute.reasons)
                 logger.info("incremental codebook crosses the thresholds (%s): refitting", refit_reason)
         if champion is None or refit_reason:
-            _, steps["quantize"] = _run(quantize_task, "quantize", cfg, name)
+            fitted, steps["quantize"] = _run(quantize_task, "quantize", cfg, name)
+            log_step("quantize", "quantizer", fitted)
             diag, steps["diagnose"] = _run(diagnose_task, "diagnose", cfg, name)
         sem = _data(cfg, "semantic", name)
+        log_step("diagnose", "diagnose", flat_metrics(diag),
+                 (sem / "diagnostics.json", sem / "code_usage.png", sem / "k_eff.png"))
         codebook, steps["register-codebook"] = _run(register_codebook_task, "register-codebook", cfg, name, diag,
                                                     tags, tracker.parent)
         codebook["refit_reason"] = refit_reason
@@ -322,6 +340,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
             rec = recommend_task(name, cj, str(sem))
             steps["recommend"] = "Completed"
             TIMINGS["recommend"] = time.perf_counter() - start
+            log_step("recommend", "recommend", rec["metrics"], (_data(cfg, "recommend", name, "history.json"),))
             summary["recommender"] = register_recommender_task(name, cj, rec, str(sem), tags, tracker.parent)
             summary["recommender"]["metrics"] = rec["metrics"]
             if not summary["recommender"]["promoted"]:

@@ -36,6 +36,12 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
         run = client.get_run(mv.run_id)
         assert run.data.tags["mlflow.parentRunId"]
     assert "l0_k_eff" in client.get_run(champ.run_id).data.metrics
+    parent = client.get_run(summary["mlflow_run_id"])  # one parent run, a nested run per step
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_name for r in children} >= {"ingest", "validate", "embed", "quantize", "diagnose",
+                                                   "register-codebook", "recommend", "register-recommender"}
+    assert parent.data.tags["git_sha"] and "quantizer.levels" in parent.data.params
     # the registered codebook answers embeddings -> semantic IDs
     mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/semid-codebook@champion")
