@@ -272,7 +272,6 @@ def register_recommender_task(name: str, config_json: str, rec: dict[str, Any], 
 @flow(name="semid-retrain")
 def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline once on the configured dataset; fails (state Failed) when a gate fails."""
-    from tasks.config import Config as _Config  # noqa: F401 - keeps the import cost inside the flow
     from tasks.diagnose import flat_metrics
     from tasks.gate import gate_codebook
     from tasks.register import Tracker, git_sha, load_champion
@@ -302,7 +301,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
             tracker.end(run_id)
 
         log_step("ingest", "data", {})
-        validated, steps["validate"] = _run(validate_task, "validate", cfg, name)
+        _, steps["validate"] = _run(validate_task, "validate", cfg, name)
         log_step("validate", "data", _load_stats(cfg, name))
         manifest, steps["embed"] = _run(embed_task, "embed", cfg, name)
         log_step("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
