@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext, get_run_context
 
 from tasks.config import Config, load_config
+from tasks.ingest import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +36,7 @@ def files_sha(paths: list[Path]) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-            if f.exists():
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                        h.update(chunk)
-            else:
-                h.update(b"<absent>")
+            h.update(sha256_file(f).encode() if f.exists() else b"<absent>")
     return h.hexdigest()
 
 

@@ -14,7 +14,7 @@ from models.quantizer import Quantizer
 from tasks.config import Config
 from tasks.embed import load_embeddings
 from tasks.errors import PipelineError
-from tasks.quantize import semantic_dir
+from tasks.quantize import code_columns, semantic_dir
 
 
 def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, rho: float, samples: int,
@@ -92,7 +92,7 @@ def diagnose(name: str, cfg: Config) -> dict[str, Any]:
     quantizer = Quantizer.load(folder / "quantizer")
     x = load_embeddings(cfg, name)
     ids = pd.read_parquet(folder / "ids.parquet")
-    final = ids[[c for c in ids.columns if c.startswith("code_")]].to_numpy()
+    final = ids[code_columns(ids)].to_numpy()
     diag = report(quantizer, x, final, cfg.diagnose.rho, cfg.diagnose.mc_samples, cfg.diagnose.seed)
     diag["dataset"] = name
     (folder / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")

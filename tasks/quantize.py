@@ -67,6 +67,11 @@ def sid_strings(ids: np.ndarray) -> list[str]:
     return ["-".join(str(int(v)) for v in row) for row in ids]
 
 
+def code_columns(ids: pd.DataFrame) -> list[str]:
+    """The per-level code columns (code_0, code_1, ...) of an ids.parquet table, in level order."""
+    return sorted((c for c in ids.columns if c.startswith("code_")), key=lambda c: int(c[5:]))
+
+
 def _write(name: str, cfg: Config, quantizer: Quantizer, codes: np.ndarray, ids: np.ndarray,
            summary: dict[str, Any]) -> dict[str, Any]:
     with staged_dir(semantic_dir(cfg, name)) as folder:
@@ -142,7 +147,7 @@ def extend(name: str, cfg: Config, quantizer: Quantizer, champion_ids: pd.DataFr
     known_ids = champion_ids.set_index(champion_ids["source_id"].astype(str))
     src = items["source_id"].astype(str).to_numpy()
     fixed = np.isin(src, known_ids.index.to_numpy())
-    cols = [c for c in champion_ids.columns if c.startswith("code_")]
+    cols = code_columns(champion_ids)
     known = np.zeros((len(src), len(cols)), dtype=np.int64)
     known[fixed] = known_ids.loc[src[fixed], cols].to_numpy(np.int64)
     ids, info = extend_ids(codes, known, fixed, last_level_cost(quantizer, residuals[-1]), cfg.quantizer.collision,

@@ -173,8 +173,10 @@ def load_codebook(folder: Path) -> tuple[Quantizer, np.ndarray]:
     """The quantizer and the final semantic IDs [N, L(+1)] of a quantize output folder."""
     if not (folder / "ids.parquet").exists():
         raise PipelineError(f"No semantic IDs in {folder}.", "run `semid quantize DATASET` first.")
+    from tasks.quantize import code_columns
+
     ids = pd.read_parquet(folder / "ids.parquet").sort_values("item_id")
-    codes = ids[[c for c in ids.columns if c.startswith("code_")]].to_numpy(np.int64)
+    codes = ids[code_columns(ids)].to_numpy(np.int64)
     return Quantizer.load(folder / "quantizer"), codes
 
 

@@ -169,8 +169,10 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
             x = self._encoder.encode(model_input["text"].astype(str).tolist(), convert_to_numpy=True)
         else:
             raise ValueError("input needs an 'embedding' or a 'text' column")
+        from tasks.quantize import sid_strings
+
         codes = self.quantizer.encode(x)
-        sid = ["-".join(str(int(c)) for c in row) for row in codes]
+        sid = sid_strings(codes)
         return pd.DataFrame({"semantic_id": sid, **{f"code_{i}": codes[:, i] for i in range(codes.shape[1])}})
 
 
