@@ -105,12 +105,44 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def write(records: list[dict], args) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+def stamp(records: list[dict]) -> dict:
+    """Each record keeps where and when it was measured; returns the machine facts."""
     meta = machine()
-    for r in records:  # each record keeps where and when it was measured
+    for r in records:
         r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
         r.setdefault("date", meta["date"])
+    return meta
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Mean +- std over seeds of Recall@10 / NDCG@10 per dataset, representation and protocol, and the
+    unified - ID difference of the mean NDCG@10 (full ranking)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["item_repr"], r["protocol"], r.get("masked")), []).append(r)
+    out = ["", "### Over seeds (mean +- std)", "",
+           "| dataset | item repr | protocol | seeds | R@10 | N@10 |", "|---|---|---|---|---|---|"]
+    for (name, item_repr, proto, masked), rs in groups.items():
+        label = proto + (" (masked)" if masked else " (unmasked)" if proto == "full" else "")
+        r10, n10 = np.array([r["recall@10"] for r in rs]), np.array([r["ndcg@10"] for r in rs])
+        out.append(f"| {name} | {item_repr} | {label} | {len(rs)} | {r10.mean():.4f} +- {r10.std():.4f} | "
+                   f"{n10.mean():.4f} +- {n10.std():.4f} |")
+    out += ["", "Unified vs ID-only, mean NDCG@10 under full ranking (unified - ID, relative):", ""]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        for masked in (True, False):
+            mean = {rep: np.mean([r["ndcg@10"] for r in groups.get((name, rep, "full", masked), [])] or [np.nan])
+                    for rep in ("id", "unified")}
+            if not np.isnan(mean["id"]) and not np.isnan(mean["unified"]):
+                diff = mean["unified"] - mean["id"]
+                out.append(f"- {name}, {'masked' if masked else 'unmasked'}: {mean['unified']:.4f} vs "
+                           f"{mean['id']:.4f} ({diff:+.4f}, {diff / mean['id']:+.1%}): unified "
+                           f"{'>=' if diff >= 0 else '<'} ID")
+    return out
+
+
+def write(records: list[dict], args) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = stamp(records)
     (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
     lines = ["# Recommender benchmark", "",
              f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} ({meta['torch_threads']} "
@@ -138,6 +170,7 @@ def write(records: list[dict], args) -> None:
                          f"RecBole trains on {r['train_samples']:,} prefix-augmented samples per epoch, we on one "
                          f"sequence per user with a loss at every position; RecBole epochs {r['epochs']} of cap "
                          f"{r['epoch_cap']}).")
+    lines += seed_summary([r for r in records if r["model"] == "sasrec"])
     lines += ["", "Published Beauty full-ranking anchors (Recall@10 / NDCG@10): "
               + "; ".join(f"{k} {a:.4f} / {b:.4f}" for k, (a, b) in ANCHORS.items()) + ".", ""]
     rankers = [r for r in records if r["protocol"] == "auc"]
@@ -167,8 +200,16 @@ def main() -> None:
     ap.add_argument("--recbole-epochs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for our models (RecBole gets 1)")
     ap.add_argument("--merge", action="store_true", help="keep the results file's other records")
+    ap.add_argument("--sasrec-seeds", nargs="+", type=int, default=[0], help="SASRec seeds")
+    ap.add_argument("--part", type=Path, default=None,
+                    help="write only this invocation's records to PART (a JSON list) and leave the results alone")
+    ap.add_argument("--combine", nargs="+", type=Path, default=None,
+                    help="merge PART files into the results (same dataset/model/repr/seed/protocol replaced)")
     ap.add_argument("--render", action="store_true", help="only rewrite recommenders.md from the JSON")
     args = ap.parse_args()
+    if args.combine:
+        write(combine(json.loads((OUT / "recommenders.json").read_text()), args.combine), args)
+        return
     if args.render:
         write(json.loads((OUT / "recommenders.json").read_text()), args)
         return
@@ -182,7 +223,8 @@ def main() -> None:
         if args.recbole_python and name in args.recbole_datasets:
             job = (start_recbole(args.recbole_python, name, args.recbole_epochs, OUT / f"recbole-{name}.json"),
                    OUT / f"recbole-{name}.json")
-        records += sasrec_records(name, args.reprs, 0, args.sets)
+        for seed in args.sasrec_seeds:
+            records += sasrec_records(name, args.reprs, seed, args.sets)
         if job is not None:
             print(f"  waiting for RecBole on {name} ...", flush=True)
             if job[0].wait() == 0:
@@ -190,11 +232,33 @@ def main() -> None:
                 print("  ", records[-1], flush=True)
             else:
                 print(f"  RecBole failed on {name}: see {job[1].with_suffix('.log')}", flush=True)
-        write(records, args)
+        save(records, args)
     if args.rankers:
         records += ranker_records(args.seeds, args.rankers, args.sets)
+        save(records, args)
+    print(f"wrote {args.part or OUT / 'recommenders.json'}")
+
+
+def save(records: list[dict], args) -> None:
+    if args.part:
+        stamp(records)
+        args.part.write_text(json.dumps(records, indent=1) + "\n")
+    else:
         write(records, args)
-    print(f"wrote {OUT / 'recommenders.json'} and recommenders.md")
+
+
+def record_key(r: dict) -> tuple:
+    return r["dataset"], r["model"], r["item_repr"], r["seed"], r["protocol"], r.get("masked")
+
+
+def combine(records: list[dict], parts: list[Path]) -> list[dict]:
+    """The results' records with every record of the PART files replacing its namesake (or added)."""
+    merged = {record_key(r): r for r in records}
+    for part in parts:
+        merged.update({record_key(r): r for r in json.loads(part.read_text())})
+    return sorted(merged.values(), key=lambda r: (r["protocol"] == "auc", r["dataset"], r["model"],
+                                                  str(r["item_repr"]), r["protocol"], str(r.get("masked")),
+                                                  r["seed"]))
 
 
 if __name__ == "__main__":

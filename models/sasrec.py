@@ -50,11 +50,11 @@ class ItemTable(nn.Module):
 
     def __init__(self, n_items: int, repr: str, id_dim: int = 64, codes: torch.Tensor | None = None,
                  codebooks: list[torch.Tensor] | None = None, freeze_codebooks: bool = False,
-                 joint: JointRQ | None = None):
+                 joint: JointRQ | None = None, id_scale: float = 1.0):
         super().__init__()
         if repr not in REPRS:
             raise ValueError(f"item_repr must be one of {REPRS}, got {repr!r}")
-        self.repr, self.n_items, self.joint = repr, n_items, joint
+        self.repr, self.n_items, self.joint, self.id_scale = repr, n_items, joint, id_scale
         self.ids = nn.Embedding(n_items, id_dim) if repr in ("id", "unified") else None
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
@@ -81,7 +81,7 @@ class ItemTable(nn.Module):
                 sem = sum(emb(self.codes[:, level]) for level, emb in enumerate(self.levels))
             parts.append(sem)
         if self.ids is not None:
-            parts.append(self.ids.weight)
+            parts.append(self.ids.weight * self.id_scale)
         table = torch.cat(parts, dim=1)
         return torch.cat([table.new_zeros(1, table.shape[1]), table], dim=0), aux
 

@@ -121,6 +121,7 @@ class RecommendConfig(_Strict):
     loss: Literal["ce", "bce"] = "ce"
     id_dim: int = Field(64, ge=1)  # ID embedding size in `id` mode
     unified_id_dim: int = Field(8, ge=1)  # ID part of the unified item vector
+    unified_id_scale: float = Field(1.0, gt=0)  # multiplies that ID part: its init and its effective learning rate
     freeze_codebooks: bool = False
     max_len: int = Field(50, ge=2)
     layers: int = Field(2, ge=1)

@@ -127,7 +127,8 @@ def build_model(n_items: int, rc: RecommendConfig, codes: np.ndarray | None = No
     items = ItemTable(n_items, rc.item_repr, id_dim=id_dim,
                       codes=None if codes is None else torch.from_numpy(codes[:, : quantizer.levels].copy()),
                       codebooks=None if quantizer is None else quantizer.codebooks,
-                      freeze_codebooks=rc.freeze_codebooks, joint=joint)
+                      freeze_codebooks=rc.freeze_codebooks, joint=joint,
+                      id_scale=rc.unified_id_scale if rc.item_repr == "unified" else 1.0)
     return SASRec(items, rc.max_len, rc.layers, rc.heads, rc.dropout)
 
 

@@ -38,6 +38,10 @@ def test_unified_item_vector_is_codeword_sum_plus_id():
     assert table.shape == (4, 72) and torch.all(table[0] == 0)
     assert torch.allclose(table[1, :64], codebooks[0][0] + codebooks[1][1])
     assert torch.allclose(table[1, :64], table[2, :64]) and not torch.allclose(table[1, 64:], table[2, 64:])
+    scaled = ItemTable(3, "unified", id_dim=8, codes=codes, codebooks=codebooks, id_scale=4.0)
+    table, _ = scaled()
+    assert torch.allclose(table[1:, 64:], 4.0 * scaled.ids.weight)  # only the ID part is scaled
+    assert torch.allclose(table[1, :64], codebooks[0][0] + codebooks[1][1])
     sem, _ = ItemTable(3, "semantic", codes=codes, codebooks=codebooks)()
     assert sem.shape == (4, 64)
     with pytest.raises(ValueError, match="needs semantic codes"):
