@@ -41,6 +41,7 @@ def test_unified_item_vector_is_codeword_sum_plus_id():
     scaled = ItemTable(3, "unified", id_dim=8, codes=codes, codebooks=codebooks, id_scale=4.0)
     table, _ = scaled()
     assert torch.allclose(table[1:, 64:], 4.0 * scaled.ids.weight)  # only the ID part is scaled
+    assert build_model(5, RecommendConfig(item_repr="id", unified_id_scale=4.0)).items.id_scale == 1.0
     assert torch.allclose(table[1, :64], codebooks[0][0] + codebooks[1][1])
     sem, _ = ItemTable(3, "semantic", codes=codes, codebooks=codebooks)()
     assert sem.shape == (4, 64)
