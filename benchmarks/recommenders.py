@@ -151,8 +151,8 @@ def write(records: list[dict], args) -> None:
              "## SASRec, leave-one-out test split", "",
              "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
              "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
-             "| dataset | item repr | protocol | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
-             "(best) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | item repr | protocol | seed | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
+             "(best) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r["model"] not in ("sasrec", "recbole-sasrec"):
             continue
@@ -160,7 +160,7 @@ def write(records: list[dict], args) -> None:
         label = r["item_repr"] if r["model"] == "sasrec" else "id (**RecBole 1.2.1**)"
         cells = " | ".join(fmt(r.get(k)) for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10",
                                                      "ndcg@20", "mrr"))
-        lines.append(f"| {r['dataset']} | {label} | {proto} | {cells} | {r['seconds_per_epoch']:.1f} | "
+        lines.append(f"| {r['dataset']} | {label} | {proto} | {r['seed']} | {cells} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epochs']} ({r['best_epoch'] if r['best_epoch'] is not None else '-'}) | "
                      f"{r['params'] or 0:,} |")
     for r in records:
