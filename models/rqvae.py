@@ -2,7 +2,8 @@
 
 As in the unified semantic+ID paper: k-means init, EMA codebook updates, dead codes (used fewer than
 `dead_code_threshold` times in an epoch) re-seeded from current residuals, commitment loss and
-straight-through gradients; distances per level, default [cosine, cosine, euclidean].
+straight-through gradients; distances per level, default [cosine, cosine, euclidean]. A collapsed fit (a level
+with under half its codes in use) is trained again from the next seed.
 """
 
 from __future__ import annotations
@@ -53,16 +54,32 @@ class RQVAE(Quantizer):
             net.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
 
     def _fit(self, x: torch.Tensor) -> None:
+        """Train; if a level collapses (fewer than `collapse_active` of its codes in use on the data), train
+        again from the next seed, up to `collapse_restarts` times. Each restart is recorded in the history."""
+        p = self.params
+        min_active, restarts = float(p.get("collapse_active", 0.5)), int(p.get("collapse_restarts", 2))
+        for attempt in range(restarts + 1):
+            torch.manual_seed(self.seed + attempt)
+            self._train(x, self.seed + attempt)
+            with torch.no_grad():
+                codes, _ = residual_quantize(self.encoder(x), self.codebooks, self.distances)
+            active = [len(torch.unique(codes[:, level])) / self.codebook_size for level in range(self.levels)]
+            if min(active) >= min_active or attempt == restarts:
+                return
+            self.history.append({"restart": float(attempt + 1), "seed": float(self.seed + attempt),
+                                 **{f"active_l{i}": a for i, a in enumerate(active)}})
+
+    def _train(self, x: torch.Tensor, seed: int) -> None:
         p = self.params
         epochs, bs = int(p.get("epochs", 200)), int(p.get("batch_size", 1024))
         decay, beta = float(p.get("ema_decay", 0.99)), float(p.get("beta", 0.25))
         dead = int(p.get("dead_code_threshold", 2))
         self._build(x.shape[1])
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=float(p.get("lr", 1e-3)))
         with torch.no_grad():  # k-means init of every level on the (untrained) encoder's latents
             self.codebooks = residual_kmeans(self.encoder(x), self.levels, self.codebook_size, self.distances,
-                                             int(p.get("kmeans_iters", 100)), self.seed)
+                                             int(p.get("kmeans_iters", 100)), seed)
         k, n = self.codebook_size, x.shape[0]
         ema_count = [torch.ones(k) for _ in range(self.levels)]
         ema_sum = [cb.clone() for cb in self.codebooks]

@@ -85,6 +85,8 @@ class QuantizerConfig(_Strict):
     beta: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.99, gt=0, lt=1)
     dead_code_threshold: int = Field(2, ge=0)
+    collapse_active: float = Field(0.5, ge=0, le=1)  # rqvae: a level using fewer codes than this share = collapsed
+    collapse_restarts: int = Field(2, ge=0)  # rqvae: collapsed fits are trained again from seed + 1, seed + 2, ...
     kmeans_iters: int = Field(100, ge=1)
     kl_weight: float = Field(1e-4, ge=0)
     contrastive_weight: float = Field(0.0, ge=0)

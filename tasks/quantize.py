@@ -28,7 +28,7 @@ from tasks.fsutil import staged_dir
 from tasks.validate import load_processed
 
 PARAM_KEYS = ("dim", "hidden", "epochs", "batch_size", "lr", "beta", "ema_decay", "dead_code_threshold",
-              "kmeans_iters", "kl_weight", "contrastive_weight")
+              "kmeans_iters", "kl_weight", "contrastive_weight", "collapse_active", "collapse_restarts")
 
 
 def semantic_dir(cfg: Config, name: str) -> Path:

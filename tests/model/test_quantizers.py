@@ -40,6 +40,17 @@ def test_rqkmeans_reconstruction_improves_with_levels():
     assert errs[0] > errs[1] > errs[2]
 
 
+def test_collapsed_rqvae_fit_is_trained_again_from_the_next_seed():
+    x = clustered(n_clusters=3, per=10)  # 3 clusters: no level can put all 16 codes to use
+    kw = {**SMALL, "collapse_active": 1.0, "collapse_restarts": 2}
+    q = build_quantizer("rqvae", 2, 16, ["cosine", "euclidean"], 0, **kw).fit(x)
+    assert [h["seed"] for h in q.history if "restart" in h] == [0.0, 1.0]
+    last = build_quantizer("rqvae", 2, 16, ["cosine", "euclidean"], 2, **{**kw, "collapse_restarts": 0}).fit(x)
+    np.testing.assert_array_equal(q.encode(x), last.encode(x))  # the kept fit is the seed + 2 one
+    healthy = build_quantizer("rqvae", 2, 16, ["cosine", "euclidean"], 0, **{**kw, "collapse_active": 0.0}).fit(x)
+    assert not any("restart" in h for h in healthy.history)
+
+
 def test_rqvae_dead_codes_are_revived():
     x = clustered(n_clusters=64, per=6)
     q = build_quantizer("rqvae", 2, 16, ["cosine", "euclidean"], 0,
