@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.determinism import deterministic
 from models.dtn import FieldEmbedding, Ranker, build_ranker, multitask_loss
 from models.early_stopping import EarlyStopper
 from models.metrics import auc
@@ -161,6 +162,7 @@ def task_aucs(model: Ranker, data: RankData, which: str, batch: int = 65536) -> 
     return out
 
 
+@deterministic()
 def fit_ranker(model: Ranker, data: RankData, rc: RankerConfig) -> dict[str, Any]:
     """Adam with early stopping on the mean validation AUC; restores the best weights."""
     gen = torch.Generator().manual_seed(rc.seed)

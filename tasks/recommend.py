@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.determinism import deterministic
 from models.early_stopping import EarlyStopper
 from models.metrics import rank_metrics, sample_negatives, target_ranks
 from models.quantizer import Quantizer
@@ -132,6 +133,7 @@ def build_model(n_items: int, rc: RecommendConfig, codes: np.ndarray | None = No
     return SASRec(items, rc.max_len, rc.layers, rc.heads, rc.dropout)
 
 
+@deterministic()
 def fit(model: SASRec, split: Split, rc: RecommendConfig,
         on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train with early stopping on the validation metric; restores the best weights. Returns a summary."""
