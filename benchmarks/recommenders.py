@@ -105,13 +105,33 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def stamp(records: list[dict]) -> dict:
-    """Each record keeps where and when it was measured; returns the machine facts."""
+def stamp(records: list[dict], measured: bool = True) -> dict:
+    """Each record keeps where, when, how (command) and at how many torch threads it was measured (only
+    `measured` records get the command and threads: not those merely merged or re-rendered); returns the
+    machine facts."""
     meta = machine()
     for r in records:
         r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
         r.setdefault("date", meta["date"])
+        if measured:
+            r.setdefault("command", " ".join(["python benchmarks/recommenders.py", *sys.argv[1:]]))
+            r.setdefault("torch_threads", meta["torch_threads"])
     return meta
+
+
+def provenance(records: list[dict]) -> list[str]:
+    """Header lines: the machines, the measurement dates and the commands behind the records."""
+    def distinct(key: str) -> list:
+        return list(dict.fromkeys(r[key] for r in records if r.get(key) is not None))
+
+    dates = sorted({r["date"][:10] for r in records if r.get("date")})
+    threads = distinct("torch_threads")
+    lines = [f"Machine: {'; '.join(distinct('machine'))}, Python {machine()['python']}. "
+             f"Measured on {', '.join(dates)} (the `date` column)"
+             + (f", torch threads per model: {', '.join(map(str, threads))}." if threads else "."),
+             "Commands (each record keeps its own; records without one predate the field, see the findings):"]
+    lines += [f"- `{c}`" for c in distinct("command")] or ["- none recorded"]
+    return lines
 
 
 def seed_summary(rows: list[dict]) -> list[str]:
@@ -142,17 +162,14 @@ def seed_summary(rows: list[dict]) -> list[str]:
 
 def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = stamp(records)
+    stamp(records, measured=not (args.combine or args.render))
     (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["# Recommender benchmark", "",
-             f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} ({meta['torch_threads']} "
-             f"threads), Python {meta['python']}. Date: {meta['date']}.",
-             f"Command: `python benchmarks/recommenders.py {' '.join(sys.argv[1:])}`", "",
+    lines = ["# Recommender benchmark", "", *provenance(records), "",
              "## SASRec, leave-one-out test split", "",
              "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
              "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
              "| dataset | item repr | protocol | seed | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
-             "(best) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(best) | params | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r["model"] not in ("sasrec", "recbole-sasrec"):
             continue
@@ -162,7 +179,7 @@ def write(records: list[dict], args) -> None:
                                                      "ndcg@20", "mrr"))
         lines.append(f"| {r['dataset']} | {label} | {proto} | {r['seed']} | {cells} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epochs']} ({r['best_epoch'] if r['best_epoch'] is not None else '-'}) | "
-                     f"{r['params'] or 0:,} |")
+                     f"{r['params'] or 0:,} | {r.get('date', '')[:10]} |")
     for r in records:
         if r["model"] == "recbole-sasrec":
             lines.append(f"\nRecBole reference on {r['dataset']}: our SASRec (id) seconds per epoch / RecBole's = "
@@ -218,6 +235,9 @@ def main() -> None:
     if args.merge and (OUT / "recommenders.json").exists():
         fresh = set(args.datasets) | ({"ml-100k"} if args.rankers else set())
         records = [r for r in json.loads((OUT / "recommenders.json").read_text()) if r["dataset"] not in fresh]
+        for r in records:  # kept, not measured now: never stamp this invocation's command on them
+            r.setdefault("command", None)
+            r.setdefault("torch_threads", None)
     for name in args.datasets:
         job = None
         if args.recbole_python and name in args.recbole_datasets:
