@@ -1,7 +1,7 @@
 """One test per corruption, fed through the local-source path with hand-made files.
 
-Each asserts the specific message, a new quarantine folder with the raw batch, and that
-data/processed is byte-for-byte unchanged.
+Each corruption writes its bad file and names the texts its message must contain; every case asserts that
+message, a new quarantine folder with the raw batch, and that data/processed is byte-for-byte unchanged.
 """
 
 from __future__ import annotations
@@ -56,77 +56,77 @@ def _run_corrupted(src: Path, root: Path, items: str = "items.csv", events: str 
     return str(info.value)
 
 
-def test_missing_column(shop):
-    src, root = shop
+def _items(src: Path, items: pd.DataFrame) -> None:
+    items.to_csv(src / "items.csv", index=False)
+
+
+def _events(src: Path, inter: pd.DataFrame) -> None:
+    inter.to_csv(src / "events.csv", index=False)
+
+
+def missing_column(src: Path) -> tuple[dict, list[str]]:
     items, _ = tiny_tables()
-    items.drop(columns=["title"]).to_csv(src / "items.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "missing column(s) ['title'] in the items table" in msg
-    assert "column mapping under data.local" in msg
+    _items(src, items.drop(columns=["title"]))
+    return {}, ["missing column(s) ['title'] in the items table", "column mapping under data.local"]
 
 
-def test_duplicate_item_id(shop):
-    src, root = shop
+def duplicate_item_id(src: Path) -> tuple[dict, list[str]]:
     items, _ = tiny_tables()
-    pd.concat([items, items.iloc[[2]]]).to_csv(src / "items.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "items.item_id: expect_column_values_to_be_unique (2 rows)" in msg
-    assert "'item_id': 'i2'" in msg
+    _items(src, pd.concat([items, items.iloc[[2]]]))
+    return {}, ["items.item_id: expect_column_values_to_be_unique (2 rows)", "'item_id': 'i2'"]
 
 
-def test_dangling_item_reference(shop):
-    src, root = shop
+def dangling_item_reference(src: Path) -> tuple[dict, list[str]]:
     _, inter = tiny_tables()
     inter.loc[3, "sku"] = "ghost"
-    inter.to_csv(src / "events.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "interactions.item_id: expect_column_values_to_be_in_set (1 rows)" in msg
-    assert "ghost" in msg
+    _events(src, inter)
+    return {}, ["interactions.item_id: expect_column_values_to_be_in_set (1 rows)", "ghost"]
 
 
-def test_empty_texts(shop):
-    src, root = shop
+def empty_texts(src: Path) -> tuple[dict, list[str]]:
     items, _ = tiny_tables()
     items.loc[:4, ["title", "brand"]] = ""
-    items.to_csv(src / "items.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "items.text: expect_column_value_lengths_to_be_between (5 rows)" in msg
-    assert "min_text_coverage" in msg
+    _items(src, items)
+    return {}, ["items.text: expect_column_value_lengths_to_be_between (5 rows)", "min_text_coverage"]
 
 
-def test_truncated_json(shop):
-    src, root = shop
-    items, inter = tiny_tables()
+def truncated_json(src: Path) -> tuple[dict, list[str]]:
+    items, _ = tiny_tables()
     items.to_json(src / "items.jsonl", orient="records", lines=True)
     text = (src / "items.jsonl").read_text()
     (src / "items.jsonl").write_text(text[: len(text) - 25])
-    msg = _run_corrupted(src, root, items="items.jsonl")
-    assert "could not be parsed as jsonl" in msg and "truncated" in msg
+    return {"items": "items.jsonl"}, ["could not be parsed as jsonl", "truncated"]
 
 
-def test_wrong_checksum(shop):
-    src, root = shop
+def wrong_checksum(src: Path) -> tuple[dict, list[str]]:
     expected = "0" * 64
-    msg = _run_corrupted(src, root, **{"data.local.checksums": f"{{items.csv: '{expected}'}}"})
     actual = hashlib.sha256((src / "items.csv").read_bytes()).hexdigest()
-    assert f"expected sha256 {expected}, got {actual}" in msg
+    return {"data.local.checksums": f"{{items.csv: '{expected}'}}"}, [f"expected sha256 {expected}, got {actual}"]
 
 
-def test_too_short_user(shop):
-    src, root = shop
+def too_short_user(src: Path) -> tuple[dict, list[str]]:
     _, inter = tiny_tables()
-    inter = inter[~((inter["customer"] == "u4") & (inter["ts"] >= 4002))]
-    inter.to_csv(src / "events.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "users.n_interactions: expect_column_values_to_be_between (1 rows)" in msg
-    assert "'user_id': 'u4', 'n_interactions': 2" in msg
+    _events(src, inter[~((inter["customer"] == "u4") & (inter["ts"] >= 4002))])
+    return {}, ["users.n_interactions: expect_column_values_to_be_between (1 rows)",
+                "'user_id': 'u4', 'n_interactions': 2"]
 
 
-def test_nan_id(shop):
-    src, root = shop
+def nan_id(src: Path) -> tuple[dict, list[str]]:
     _, inter = tiny_tables()
     inter["customer"] = inter["customer"].astype(object)
     inter.loc[7, "customer"] = None
-    inter.to_csv(src / "events.csv", index=False)
-    msg = _run_corrupted(src, root)
-    assert "interactions.user_id: expect_column_values_to_not_be_null (1 rows)" in msg
+    _events(src, inter)
+    return {}, ["interactions.user_id: expect_column_values_to_not_be_null (1 rows)"]
+
+
+CORRUPTIONS = [missing_column, duplicate_item_id, dangling_item_reference, empty_texts, truncated_json,
+               wrong_checksum, too_short_user, nan_id]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=[c.__name__ for c in CORRUPTIONS])
+def test_corruption_is_named_and_quarantined(shop, corrupt):
+    src, root = shop
+    extra, expected = corrupt(src)
+    msg = _run_corrupted(src, root, **extra)
+    for text in expected:
+        assert text in msg
