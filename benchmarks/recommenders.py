@@ -82,7 +82,9 @@ def recbole_record(name: str, out: Path, ours: list[dict]) -> dict:
             / res["seconds_per_epoch"], "train_samples": res["train_samples"]}
 
 
-def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list[dict]:
+def ranker_records(seeds: list[int], models: list[str], sets: list[str], variant: str | None = None) -> list[dict]:
+    """One AUC record per model and seed; `variant` labels a non-default setting (e.g. a parameter-matched MMoE)
+    so its records sit beside, not over, the default ones."""
     rows = []
     for model in models:
         for seed in seeds:
@@ -90,12 +92,13 @@ def ranker_records(seeds: list[int], models: list[str], sets: list[str]) -> list
                               [f"ranker.model={model}", f"ranker.seed={seed}", *sets])
             out = rank("ml-100k", cfg)
             m = out["metrics"]
-            rows.append({"dataset": "ml-100k", "model": model, "item_repr": None, "protocol": "auc", "seed": seed,
+            rows.append({"dataset": "ml-100k", "model": model, "variant": variant, "item_repr": None,
+                         "protocol": "auc", "seed": seed,
                          **{k: v for k, v in m.items() if k.startswith("test_auc_")},
                          "auc_interact": m["test_auc_interact"], "auc_like": m["test_auc_like"],
                          "seconds_per_epoch": m["seconds_per_epoch"], "epochs": m["epochs"],
                          "params": out["params"]})
-            print(f"  ml-100k {model} seed {seed}: AUC interact {m['test_auc_interact']:.4f} like "
+            print(f"  ml-100k {model} {variant or ''} seed {seed}: AUC interact {m['test_auc_interact']:.4f} like "
                   f"{m['test_auc_like']:.4f} ({m['epochs']} epochs, {m['seconds_per_epoch']:.1f} s/epoch)",
                   flush=True)
     return rows
@@ -193,12 +196,16 @@ def write(records: list[dict], args) -> None:
     rankers = [r for r in records if r["protocol"] == "auc"]
     if rankers:
         lines += ["## Multi-task rankers on ml-100k (test AUC, mean +- std over seeds)", "",
-                  "| model | AUC interact | AUC like | seeds | s/epoch | params |", "|---|---|---|---|---|---|"]
-        for model in dict.fromkeys(r["model"] for r in rankers):
-            rs = [r for r in rankers if r["model"] == model]
+                  "| model | AUC interact | AUC like | seeds | s/epoch | epochs | params | date |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model, variant in dict.fromkeys((r["model"], r.get("variant")) for r in rankers):
+            rs = [r for r in rankers if (r["model"], r.get("variant")) == (model, variant)]
             a, b = np.array([r["auc_interact"] for r in rs]), np.array([r["auc_like"] for r in rs])
-            lines.append(f"| {model} | {a.mean():.4f} +- {a.std():.4f} | {b.mean():.4f} +- {b.std():.4f} | "
-                         f"{len(rs)} | {np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {rs[0]['params']:,} |")
+            epochs = "/".join(str(r["epochs"]) for r in rs)
+            lines.append(f"| {model}{f' ({variant})' if variant else ''} | {a.mean():.4f} +- {a.std():.4f} | "
+                         f"{b.mean():.4f} +- {b.std():.4f} | {len(rs)} | "
+                         f"{np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {epochs} | {rs[0]['params']:,} | "
+                         f"{rs[0].get('date', '')[:10]} |")
     findings = OUT / "recommenders.findings.md"  # hand-written reading of the tables, kept across re-runs
     if findings.exists():
         lines += ["", findings.read_text().rstrip()]
@@ -222,6 +229,8 @@ def main() -> None:
                     help="write only this invocation's records to PART (a JSON list) and leave the results alone")
     ap.add_argument("--combine", nargs="+", type=Path, default=None,
                     help="merge PART files into the results (same dataset/model/repr/seed/protocol replaced)")
+    ap.add_argument("--variant", default=None,
+                    help="label for the rankers' non-default --set values, e.g. 'matched params: 8 experts x 76'")
     ap.add_argument("--render", action="store_true", help="only rewrite recommenders.md from the JSON")
     args = ap.parse_args()
     if args.combine:
@@ -254,7 +263,7 @@ def main() -> None:
                 print(f"  RecBole failed on {name}: see {job[1].with_suffix('.log')}", flush=True)
         save(records, args)
     if args.rankers:
-        records += ranker_records(args.seeds, args.rankers, args.sets)
+        records += ranker_records(args.seeds, args.rankers, args.sets, args.variant)
         save(records, args)
     print(f"wrote {args.part or OUT / 'recommenders.json'}")
 
@@ -268,7 +277,7 @@ def save(records: list[dict], args) -> None:
 
 
 def record_key(r: dict) -> tuple:
-    return r["dataset"], r["model"], r["item_repr"], r["seed"], r["protocol"], r.get("masked")
+    return r["dataset"], r["model"], r.get("variant"), r["item_repr"], r["seed"], r["protocol"], r.get("masked")
 
 
 def combine(records: list[dict], parts: list[Path]) -> list[dict]:
@@ -277,8 +286,8 @@ def combine(records: list[dict], parts: list[Path]) -> list[dict]:
     for part in parts:
         merged.update({record_key(r): r for r in json.loads(part.read_text())})
     return sorted(merged.values(), key=lambda r: (r["protocol"] == "auc", r["dataset"], r["model"],
-                                                  str(r["item_repr"]), r["protocol"], str(r.get("masked")),
-                                                  r["seed"]))
+                                                  str(r.get("variant")), str(r["item_repr"]), r["protocol"],
+                                                  str(r.get("masked")), r["seed"]))
 
 
 if __name__ == "__main__":
