@@ -1,0 +1,32 @@
+"""The recommender benchmark's record bookkeeping: merging part files and the provenance header."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.recommenders import combine, provenance, record_key
+
+
+def _rec(model="mmoe", seed=0, variant=None, auc=0.5, **extra):
+    return {"dataset": "ml-100k", "model": model, "variant": variant, "item_repr": None, "protocol": "auc",
+            "seed": seed, "auc_interact": auc, **extra}
+
+
+def test_combine_replaces_namesakes_and_keeps_variants_apart(tmp_path):
+    old = [_rec(seed=0, auc=0.1), _rec(seed=1, auc=0.2), _rec(model="dtn", auc=0.3)]
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps([_rec(seed=0, auc=0.9), _rec(seed=0, variant="8 experts x 76", auc=0.7)]))
+    merged = {record_key(r): r["auc_interact"] for r in combine(old, [part])}
+    assert merged == {record_key(_rec(seed=0)): 0.9, record_key(_rec(seed=1)): 0.2,
+                      record_key(_rec(model="dtn")): 0.3, record_key(_rec(variant="8 experts x 76")): 0.7}
+
+
+def test_provenance_lists_each_records_command_once():
+    rows = [_rec(command="python benchmarks/recommenders.py --rankers dtn", date="2026-11-25T07:00:00+00:00",
+                 machine="box", torch_threads=1),
+            _rec(seed=1, command="python benchmarks/recommenders.py --rankers dtn", date="2026-11-24T07:00:00+00:00",
+                 machine="box", torch_threads=1)]
+    lines = provenance(rows)
+    assert "Measured on 2026-11-24, 2026-11-25" in lines[0] and "torch threads per model: 1." in lines[0]
+    assert lines[2:] == ["- `python benchmarks/recommenders.py --rankers dtn`"]
+    assert provenance([_rec(date="2026-11-24T07:00:00+00:00", machine="box")])[2:] == ["- none recorded"]
