@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,7 @@ def stamp(records: list[dict], measured: bool = True) -> dict:
         r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
         r.setdefault("date", meta["date"])
         if measured:
-            r.setdefault("command", " ".join(["python benchmarks/recommenders.py", *sys.argv[1:]]))
+            r.setdefault("command", shlex.join(["python", "benchmarks/recommenders.py", *sys.argv[1:]]))
             r.setdefault("torch_threads", meta["torch_threads"])
     return meta
 
