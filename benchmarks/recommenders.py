@@ -123,14 +123,14 @@ def stamp(records: list[dict], measured: bool = True) -> dict:
     return meta
 
 
-def provenance(records: list[dict]) -> list[str]:
+def provenance(records: list[dict], python: str) -> list[str]:
     """Header lines: the machines, the measurement dates and the commands behind the records."""
     def distinct(key: str) -> list:
         return list(dict.fromkeys(r[key] for r in records if r.get(key) is not None))
 
     dates = sorted({r["date"][:10] for r in records if r.get("date")})
     threads = distinct("torch_threads")
-    lines = [f"Machine: {'; '.join(distinct('machine'))}, Python {machine()['python']}. "
+    lines = [f"Machine: {'; '.join(distinct('machine'))}, Python {python}. "
              f"Measured on {', '.join(dates)} (the `date` column)"
              + (f", torch threads per model: {', '.join(map(str, threads))}." if threads else "."),
              "Commands (each record keeps its own; records without one predate the field, see the findings):"]
@@ -166,9 +166,9 @@ def seed_summary(rows: list[dict]) -> list[str]:
 
 def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    stamp(records, measured=not (args.combine or args.render))
+    meta = stamp(records, measured=not (args.combine or args.render))
     (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["# Recommender benchmark", "", *provenance(records), "",
+    lines = ["# Recommender benchmark", "", *provenance(records, meta["python"]), "",
              "## SASRec, leave-one-out test split", "",
              "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
              "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
@@ -229,7 +229,7 @@ def main() -> None:
     ap.add_argument("--part", type=Path, default=None,
                     help="write only this invocation's records to PART (a JSON list) and leave the results alone")
     ap.add_argument("--combine", nargs="+", type=Path, default=None,
-                    help="merge PART files into the results (same dataset/model/repr/seed/protocol replaced)")
+                    help="merge PART files into the results (same dataset/model/variant/repr/seed/protocol replaced)")
     ap.add_argument("--variant", default=None,
                     help="label for the rankers' non-default --set values, e.g. 'matched params: 8 experts x 76'")
     ap.add_argument("--render", action="store_true", help="only rewrite recommenders.md from the JSON")

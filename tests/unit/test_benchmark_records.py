@@ -26,7 +26,8 @@ def test_provenance_lists_each_records_command_once():
                  machine="box", torch_threads=1),
             _rec(seed=1, command="python benchmarks/recommenders.py --rankers dtn", date="2026-11-24T07:00:00+00:00",
                  machine="box", torch_threads=1)]
-    lines = provenance(rows)
-    assert "Measured on 2026-11-24, 2026-11-25" in lines[0] and "torch threads per model: 1." in lines[0]
+    lines = provenance(rows, "3.11.7")
+    assert lines[0].startswith("Machine: box, Python 3.11.7. Measured on 2026-11-24, 2026-11-25")
+    assert lines[0].endswith("torch threads per model: 1.")
     assert lines[2:] == ["- `python benchmarks/recommenders.py --rankers dtn`"]
-    assert provenance([_rec(date="2026-11-24T07:00:00+00:00", machine="box")])[2:] == ["- none recorded"]
+    assert provenance([_rec(date="2026-11-24T07:00:00+00:00", machine="box")], "3.11.7")[2:] == ["- none recorded"]
