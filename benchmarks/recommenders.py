@@ -109,18 +109,14 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def stamp(records: list[dict], measured: bool = True) -> dict:
-    """Each record keeps where, when, how (command) and at how many torch threads it was measured (only
-    `measured` records get the command and threads: not those merely merged or re-rendered); returns the
-    machine facts."""
+def stamp(records: list[dict]) -> list[dict]:
+    """Records just measured keep where, when, how (command) and at how many torch threads; returns them."""
     meta = machine()
     for r in records:
-        r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
-        r.setdefault("date", meta["date"])
-        if measured:
-            r.setdefault("command", shlex.join(["python", "benchmarks/recommenders.py", *sys.argv[1:]]))
-            r.setdefault("torch_threads", meta["torch_threads"])
-    return meta
+        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"],
+                  "command": shlex.join(["python", "benchmarks/recommenders.py", *sys.argv[1:]]),
+                  "torch_threads": meta["torch_threads"]})
+    return records
 
 
 def provenance(records: list[dict], python: str) -> list[str]:
@@ -164,11 +160,10 @@ def seed_summary(rows: list[dict]) -> list[str]:
     return out
 
 
-def write(records: list[dict], args) -> None:
+def write(records: list[dict]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = stamp(records, measured=not (args.combine or args.render))
     (OUT / "recommenders.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["# Recommender benchmark", "", *provenance(records, meta["python"]), "",
+    lines = ["# Recommender benchmark", "", *provenance(records, machine()["python"]), "",
              "## SASRec, leave-one-out test split", "",
              "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
              "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
@@ -235,46 +230,42 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rewrite recommenders.md from the JSON")
     args = ap.parse_args()
     if args.combine:
-        write(combine(json.loads((OUT / "recommenders.json").read_text()), args.combine), args)
+        write(combine(json.loads((OUT / "recommenders.json").read_text()), args.combine))
         return
     if args.render:
-        write(json.loads((OUT / "recommenders.json").read_text()), args)
+        write(json.loads((OUT / "recommenders.json").read_text()))
         return
     torch.set_num_threads(args.threads)
     records: list[dict] = []
     if args.merge and (OUT / "recommenders.json").exists():
         fresh = set(args.datasets) | ({"ml-100k"} if args.rankers else set())
         records = [r for r in json.loads((OUT / "recommenders.json").read_text()) if r["dataset"] not in fresh]
-        for r in records:  # kept, not measured now: never stamp this invocation's command on them
-            r.setdefault("command", None)
-            r.setdefault("torch_threads", None)
     for name in args.datasets:
         job = None
         if args.recbole_python and name in args.recbole_datasets:
             job = (start_recbole(args.recbole_python, name, args.recbole_epochs, OUT / f"recbole-{name}.json"),
                    OUT / f"recbole-{name}.json")
         for seed in args.sasrec_seeds:
-            records += sasrec_records(name, args.reprs, seed, args.sets)
+            records += stamp(sasrec_records(name, args.reprs, seed, args.sets))
         if job is not None:
             print(f"  waiting for RecBole on {name} ...", flush=True)
             if job[0].wait() == 0:
-                records.append(recbole_record(name, job[1], records))
+                records += stamp([recbole_record(name, job[1], records)])
                 print("  ", records[-1], flush=True)
             else:
                 print(f"  RecBole failed on {name}: see {job[1].with_suffix('.log')}", flush=True)
         save(records, args)
     if args.rankers:
-        records += ranker_records(args.seeds, args.rankers, args.sets, args.variant)
+        records += stamp(ranker_records(args.seeds, args.rankers, args.sets, args.variant))
         save(records, args)
     print(f"wrote {args.part or OUT / 'recommenders.json'}")
 
 
 def save(records: list[dict], args) -> None:
     if args.part:
-        stamp(records)
         args.part.write_text(json.dumps(records, indent=1) + "\n")
     else:
-        write(records, args)
+        write(records)
 
 
 def record_key(r: dict) -> tuple:

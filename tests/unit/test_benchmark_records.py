@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.recommenders import combine, provenance, record_key
+from benchmarks.recommenders import combine, provenance, record_key, stamp
 
 
 def _rec(model="mmoe", seed=0, variant=None, auc=0.5, **extra):
@@ -31,3 +31,10 @@ def test_provenance_lists_each_records_command_once():
     assert lines[0].endswith("torch threads per model: 1.")
     assert lines[2:] == ["- `python benchmarks/recommenders.py --rankers dtn`"]
     assert provenance([_rec(date="2026-11-24T07:00:00+00:00", machine="box")], "3.11.7")[2:] == ["- none recorded"]
+
+
+def test_stamp_records_where_when_and_how():
+    fresh = _rec(seed=1)
+    assert stamp([fresh]) == [fresh]
+    assert fresh["command"].startswith("python benchmarks/recommenders.py") and fresh["torch_threads"] >= 1
+    assert fresh["date"][:4].isdigit() and "CPUs" in fresh["machine"]
