@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.config import load_config  # noqa: E402
-from tasks.diagnose import report  # noqa: E402
-from tasks.embed import encode_texts, load_encoder  # noqa: E402
-from tasks.quantize import fit_and_encode  # noqa: E402
-from tasks.validate import load_processed  # noqa: E402
+from semid.models.diagnostics import report  # noqa: E402
+from semid.models.semantic_ids import fit_and_encode  # noqa: E402
+from semid.tasks.config import load_config  # noqa: E402
+from semid.tasks.embed import encode_texts, load_encoder  # noqa: E402
+from semid.tasks.layout import load_processed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 COS3, EUC3, HYB = ["cosine"] * 3, ["euclidean"] * 3, ["cosine", "cosine", "euclidean"]
@@ -72,10 +72,12 @@ def embed_dataset(cfg, name: str) -> np.ndarray:
 def faiss_comparison(name: str, x: np.ndarray, levels: int, k: int) -> dict:
     import faiss
 
-    from models.rqkmeans import RQKMeans
+    from semid.models.params import QuantizerParams
+    from semid.models.rqkmeans import RQKMeans
 
     start = time.perf_counter()
-    ours = RQKMeans(levels, k, ["euclidean"] * levels, seed=0, kmeans_iters=25).fit(x)
+    ours = RQKMeans(QuantizerParams(method="rqkmeans", levels=levels, codebook_size=k, distances=["euclidean"] * levels,
+                                    seed=0, kmeans_iters=25)).fit(x)
     ours_s = time.perf_counter() - start
     ours_mse = float(np.mean((ours.decode(ours.encode(x)) - x) ** 2))
     rq = faiss.ResidualQuantizer(x.shape[1], levels, int(np.log2(k)))
@@ -156,7 +158,7 @@ def main() -> None:
             qcfg = base.quantizer.model_copy(update={"method": method, "distances": distances, "epochs": args.epochs,
                                                      "beta": beta})
             out = fit_and_encode(x, qcfg)
-            diag = report(out["quantizer"], x, out["ids"], base.diagnose.rho, base.diagnose.mc_samples, 0)
+            diag = report(out["quantizer"], x, out["ids"], base.diagnose.model_copy(update={"seed": 0}))
             records += records_for(name, method, distances, out, diag, beta if method == "rqvae" else None)
             lv = diag["levels"]
             print(f"  {method:8s} {'/'.join(d[:3] for d in distances)} beta {beta}: active "

@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quantizers import machine  # noqa: E402
-from tasks.config import load_config  # noqa: E402
-from tasks.quantize import quantize, semantic_dir  # noqa: E402
-from tasks.rank import rank  # noqa: E402
-from tasks.recommend import recommend  # noqa: E402
+from semid.tasks.config import load_config  # noqa: E402
+from semid.tasks.layout import semantic_dir  # noqa: E402
+from semid.tasks.quantize import quantize  # noqa: E402
+from semid.tasks.rank import rank  # noqa: E402
+from semid.tasks.recommend import recommend  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ANCHORS = {  # published Beauty full-ranking Recall@10 / NDCG@10 (papers.md section 1)

@@ -1,374 +1,227 @@
-"""The retrain flow: ingest -> validate -> embed -> quantize -> diagnose -> gate -> register/promote codebook ->
-train recommender on the promoted codebook -> gate -> register/promote recommender.
+"""The retrain flow: ingest -> validate -> embed -> quantize -> diagnose -> register + gate the codebook ->
+train the recommender on the promoted codebook -> register + gate the recommender.
 
-Each step is a Prefect task over the plain function in tasks/. The data steps are cached on the sha256 of their
-input files + their config section + their own source file (never on DataFrames), so a rerun after a crash
-resumes after the last finished step; a step whose outputs were deleted runs again (refresh_cache).
-MLflow gets one parent run per flow run and a nested run per step. A failed gate ends the flow Failed.
+Each step is a Prefect task over a step function in semid.tasks; data moves between them as small return values
+(manifests, versions), never as DataFrames. The cached steps use the stage declaration's cache policy
+(flows/stages.py): a rerun after a crash resumes after the last finished step, and an edit to a step's code,
+config section, inputs or libraries runs it and everything downstream again. MLflow gets one parent run per flow
+run and a nested run per step. A failed gate ends the flow Failed; nothing is promoted.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.context import TaskRunContext, get_run_context
+from prefect.context import get_run_context
+from prefect.results import get_result_store
 
-from tasks.config import Config, load_config
-from tasks.ingest import sha256_file
+from semid.flows.stages import BY_TASK, StageCache, outputs_digest, stage_key, still_valid
+from semid.tasks import layout
+from semid.tasks.config import Config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+CACHED = {"cache_policy": StageCache(), "persist_result": True}
 
 
 class GateFailed(RuntimeError):
     """The candidate did not pass the quality gate; the message is the one-paragraph explanation."""
 
 
-def files_sha(paths: list[Path]) -> str:
-    """One sha256 over the files (recursively for folders), names + contents; missing paths hash as absent."""
-    h = hashlib.sha256()
-    for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-            h.update(sha256_file(f).encode() if f.exists() else b"<absent>")
-    return h.hexdigest()
-
-
 def _cfg(config_json: str) -> Config:
     return Config.model_validate_json(config_json)
 
 
-def _data(cfg: Config, *parts: str) -> Path:
-    return Path(cfg.data.root).joinpath(*parts)
+def _recorded(task_name: str, cfg: Config, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A cached step's result carries the digest of what it wrote, so a later cache hit can be checked."""
+    return {**result, "outputs": outputs_digest(BY_TASK[task_name], cfg, name)}
 
 
-def _local_inputs(cfg: Config) -> list[Path] | None:
-    """The user's source files (globs expanded); None for SQL sources, which are re-read every run."""
-    import glob
-
-    local = cfg.data.local
-    if local is None or local.items is None:
-        return None
-    return [Path(p) for pattern in (local.items, local.interactions) for p in sorted(glob.glob(pattern))]
-
-
-# Per step: (input files, config sections, outputs that must exist for a cache hit, folder holding the stamp).
-def step_io(step: str, cfg: Config, name: str) -> tuple[list[Path], list[str], list[Path], Path]:
-    raw, proc = _data(cfg, "raw", name), _data(cfg, "processed", name)
-    feat, sem = _data(cfg, "features", name), _data(cfg, "semantic", name)
-    return {
-        "ingest": (_local_inputs(cfg) or [], ["data"], [raw], _data(cfg, "snapshots")),
-        "validate": ([raw], ["data"], [proc / "items.parquet", proc / "stats.json"], proc),
-        "embed": ([proc / "items.parquet"], ["embed"], [feat / "embeddings.npy"], feat),
-        "quantize": ([feat / "embeddings.npy", proc / "interactions.parquet"], ["quantizer"],
-                     [sem / "ids.parquet", sem / "quantizer"], sem),
-        "diagnose": ([sem / "quantizer", sem / "ids.parquet", feat / "embeddings.npy"], ["diagnose"],
-                     [sem / "diagnostics.json"], sem),
-        "register-codebook": ([sem / "quantizer", sem / "ids.parquet", sem / "diagnostics.json"],
-                              ["gate", "mlflow", "embed"], [], sem),
-    }[step]
-
-
-def compute_key(step: str, cfg: Config, name: str) -> str | None:
-    """Input file hashes + the step's config sections + its source code. None = never cache (SQL sources)."""
-    if step == "ingest" and cfg.data.local is not None and cfg.data.local.items is None:
-        return None
-    inputs, sections, _, _ = step_io(step, cfg, name)
-    dump = cfg.model_dump(mode="json")
-    blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True).encode()
-    source = {"register-codebook": "register", "ingest": "ingest"}.get(step, step)
-    blob += (ROOT / "tasks" / f"{source}.py").read_bytes() + name.encode()
-    if step == "ingest" and cfg.data.local is None:
-        from tasks.ingest import get_spec
-
-        blob += repr(get_spec(name, cfg)).encode()  # pinned URLs + sha256s: the source's identity
-    if step == "register-codebook":
-        from tasks.register import tracking_uri
-
-        blob += tracking_uri(cfg).encode()
-    return f"semid-{step}-{name}-" + hashlib.sha256(files_sha(inputs).encode() + blob).hexdigest()[:32]
-
-
-def step_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    return compute_key(context.task.name, _cfg(parameters["config_json"]), parameters["name"])
-
-
-def _stamp(step: str, cfg: Config, name: str) -> Path:
-    return step_io(step, cfg, name)[3] / f".semid-{step}-{name}.json"
-
-
-def _still_valid(step: str, cfg: Config, name: str, key: str | None) -> bool:
-    """A cached result may be reused only if this step's outputs on disk came from the same key."""
-    stamp = _stamp(step, cfg, name)
-    if key is None or not stamp.exists() or not all(p.exists() for p in step_io(step, cfg, name)[2]):
-        return False
-    recorded = json.loads(stamp.read_text())
-    if recorded.get("key") != key:
-        return False
-    if step == "register-codebook":  # the registered version must still be in the registry
-        from tasks.register import client_for
-
-        client, _ = client_for(cfg)
-        try:
-            client.get_model_version(cfg.mlflow.codebook_model, recorded["version"])
-        except Exception:  # noqa: BLE001 - any lookup failure means: register again
-            return False
-    return True
-
-
-TIMINGS: dict[str, float] = {}  # seconds per step of the current flow run (for the summary)
-
-
-def _run(task_fn, step: str, cfg: Config, name: str, *args: Any) -> tuple[Any, str]:
-    """Call a cached step, refreshing its cache unless its outputs on disk match the key. (result, state name)."""
-    start = time.perf_counter()
-    key = compute_key(step, cfg, name)
-    fresh = not _still_valid(step, cfg, name, key)
-    state = task_fn.with_options(refresh_cache=fresh)(name, cfg.model_dump_json(), *args, return_state=True)
-    result = state.result()
-    if key is not None:
-        stamp = _stamp(step, cfg, name)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "version": (result or {}).get("version")}))
-    TIMINGS[step] = time.perf_counter() - start
-    return result, state.name
-
-
-@task(name="ingest", retries=2, retry_delay_seconds=2, cache_key_fn=step_key, persist_result=True)
+@task(name="ingest", retries=2, retry_delay_seconds=2, **CACHED)
 def ingest_task(name: str, config_json: str) -> dict[str, Any]:
-    """Fetch (network or mirror, checksum-verified) unless the snapshot is already in place, then record it."""
-    from tasks import ingest, versioning
-    from tasks.validate import raw_hash
+    """Fetch (network or mirror, checksum-verified) into data/raw/NAME, list it, record it with DVC."""
+    from semid.tasks import ingest
 
     cfg = _cfg(config_json)
     ingest.fetch(name, cfg)
-    ingest.write_manifest(cfg, name)
-    dvc_hash = versioning.record_raw(cfg) if Path(cfg.data.root) == Path("data") else None
-    return {"raw_hash": raw_hash(cfg, name), "dvc_hash": dvc_hash}
+    dvc_hash = ingest.record_raw(cfg) if layout.root(cfg) == Path("data") else None
+    return _recorded("ingest", cfg, name, {"raw_hash": layout.raw_hash(cfg, name), "dvc_hash": dvc_hash})
 
 
-@task(name="validate", cache_key_fn=step_key, persist_result=True)
+@task(name="validate", **CACHED)
 def validate_task(name: str, config_json: str) -> dict[str, Any]:
-    from tasks.validate import validate
+    from semid.tasks.validate import validate
 
-    return validate(name, _cfg(config_json))
+    cfg = _cfg(config_json)
+    return _recorded("validate", cfg, name, validate(name, cfg))
 
 
-@task(name="embed", cache_key_fn=step_key, persist_result=True)
+@task(name="embed", **CACHED)
 def embed_task(name: str, config_json: str) -> dict[str, Any]:
-    from tasks.embed import embed
+    from semid.tasks.embed import embed
 
-    return embed(name, _cfg(config_json))
+    cfg = _cfg(config_json)
+    return _recorded("embed", cfg, name, embed(name, cfg))
 
 
-@task(name="quantize", cache_key_fn=step_key, persist_result=True)
+@task(name="quantize", **CACHED)
 def quantize_task(name: str, config_json: str) -> dict[str, Any]:
-    from tasks.quantize import quantize
+    from semid.tasks.quantize import quantize
 
-    return quantize(name, _cfg(config_json))
+    cfg = _cfg(config_json)
+    return _recorded("quantize", cfg, name, quantize(name, cfg))
 
 
 @task(name="extend")
 def extend_task(name: str, config_json: str, champion: Any) -> dict[str, Any]:
-    from tasks.quantize import extend
+    from semid.tasks.quantize import extend
 
     return extend(name, _cfg(config_json), champion.quantizer, champion.ids)
 
 
-@task(name="diagnose", cache_key_fn=step_key, persist_result=True)
+@task(name="diagnose", **CACHED)
 def diagnose_task(name: str, config_json: str) -> dict[str, Any]:
-    from tasks.diagnose import diagnose
+    from semid.tasks.diagnose import diagnose
 
-    return diagnose(name, _cfg(config_json))
+    cfg = _cfg(config_json)
+    return _recorded("diagnose", cfg, name, diagnose(name, cfg))
+
+
+@task(name="register-codebook", retries=2, retry_delay_seconds=2, **CACHED)
+def register_codebook_task(name: str, config_json: str, tags: dict[str, str], parent: str) -> dict[str, Any]:
+    from semid.tasks.register import register_codebook
+
+    cfg = _cfg(config_json)
+    return _recorded("register-codebook", cfg, name, register_codebook(name, cfg, tags, parent))
+
+
+@task(name="gate-codebook", retries=2, retry_delay_seconds=2, **CACHED)
+def gate_codebook_task(name: str, config_json: str, registered: dict[str, Any], diag: dict[str, Any],
+                       tags: dict[str, str], parent: str) -> dict[str, Any]:
+    from semid.tasks.gate import gate_codebook_version
+
+    cfg = _cfg(config_json)
+    return _recorded("gate-codebook", cfg, name, gate_codebook_version(name, cfg, registered, diag, tags, parent))
 
 
 @task(name="recommend")
 def recommend_task(name: str, config_json: str, codebook: str) -> dict[str, Any]:
-    from tasks.recommend import recommend
+    from semid.tasks.recommend import recommend
 
     return recommend(name, _cfg(config_json), codebook=Path(codebook))
 
 
-@task(name="register-codebook", retries=2, retry_delay_seconds=2, cache_key_fn=step_key, persist_result=True)
-def register_codebook_task(name: str, config_json: str, diag: dict[str, Any], tags: dict[str, str],
-                           parent: str) -> dict[str, Any]:
-    """Register the candidate codebook, run the gate against the champion (under the lock), maybe promote."""
-    import pandas as pd
-
-    from tasks.diagnose import flat_metrics
-    from tasks.gate import gate_codebook, id_churn
-    from tasks.register import CodebookModel, Tracker, load_champion, log_and_register, promote
-
-    cfg = _cfg(config_json)
-    sem = _data(cfg, "semantic", name)
-    tracker = Tracker.attach(cfg, parent, tags)
-    run_id = tracker.step("register-codebook", {"quantizer": cfg.quantizer.model_dump(mode="json"),
-                                                "gate": cfg.gate.model_dump(mode="json")})
-    metrics = flat_metrics(diag)
-    candidate_ids = pd.read_parquet(sem / "ids.parquet")
-    champion = load_champion(cfg, cfg.mlflow.codebook_model)
-    churn, common, new = (id_churn(champion.ids, candidate_ids) if champion is not None
-                          else (None, 0, len(candidate_ids)))
-    metrics.update({"id_churn": churn if churn is not None else 0.0, "items_known": common, "items_new": new})
-    tracker.metrics(run_id, metrics)
-    for f in ("diagnostics.json", "metrics.json", "code_usage.png", "k_eff.png", "quantize.json"):
-        tracker.artifacts(run_id, sem / f, "diagnostics")
-    meta = sem / "codebook_meta.json"
-    meta.write_text(json.dumps({"encoder": cfg.embed.model, "dataset": name}) + "\n")
-    version = log_and_register(cfg, run_id, cfg.mlflow.codebook_model, CodebookModel(),
-                               {"quantizer": str(sem / "quantizer"), "ids": str(sem / "ids.parquet"),
-                                "meta": str(meta)},
-                               {**tags, "encoder": cfg.embed.model, "dataset": name})
-    promoted, report, before = promote(cfg, cfg.mlflow.codebook_model, version,
-                                       lambda champ: gate_codebook(diag, cfg.gate, champ, churn))
-    for path in report.write(sem):
-        tracker.artifacts(run_id, path, "gate")
-    tracker.end(run_id)
-    return {"version": version, "promoted": promoted, "champion_before": before, "gate": report.to_dict(),
-            "explanation": report.explanation(), "churn": churn, "items_known": common, "items_new": new}
-
-
 @task(name="register-recommender", retries=2, retry_delay_seconds=2)
-def register_recommender_task(name: str, config_json: str, rec: dict[str, Any], codebook: str,
+def register_recommender_task(name: str, config_json: str, metrics: dict[str, Any], codebook: str,
                               tags: dict[str, str], parent: str) -> dict[str, Any]:
-    from tasks.gate import gate_recommender
-    from tasks.recommend import recommend_dir
-    from tasks.register import RecommenderModel, Tracker, log_and_register, metric_key, promote
+    from semid.tasks.register import register_recommender
 
-    cfg = _cfg(config_json)
-    folder = recommend_dir(cfg, name)
-    tracker = Tracker.attach(cfg, parent, tags)
-    run_id = tracker.step("register-recommender", {"recommend": cfg.recommend.model_dump(mode="json")})
-    tracker.metrics(run_id, rec["metrics"])
-    tracker.artifacts(run_id, folder / "history.json", "training")
-    tracker.artifacts(run_id, folder / "metrics.json", "training")
-    artifacts = {"recommender": str(folder), "items": str(_data(cfg, "processed", name, "items.parquet"))}
-    if cfg.recommend.item_repr != "id":
-        artifacts["codebook"] = codebook
-    version = log_and_register(cfg, run_id, cfg.mlflow.recommender_model, RecommenderModel(), artifacts,
-                               {**tags, "dataset": name, "item_repr": cfg.recommend.item_repr})
-    protocol = "full_masked" if cfg.recommend.mask_history else "full"
-    key = metric_key(f"valid_{protocol}_ndcg@10")
-    valid = rec["metrics"][f"valid_{protocol}_ndcg@10"]
-    promoted, report, before = promote(cfg, cfg.mlflow.recommender_model, version,
-                                       lambda champ: gate_recommender(valid, cfg.gate, (champ or {}).get(key)))
-    for path in report.write(folder):
-        tracker.artifacts(run_id, path, "gate")
-    tracker.end(run_id)
-    return {"version": version, "promoted": promoted, "champion_before": before, "gate": report.to_dict(),
-            "explanation": report.explanation()}
+    return register_recommender(name, _cfg(config_json), metrics, Path(codebook), tags, parent)
+
+
+@task(name="gate-recommender", retries=2, retry_delay_seconds=2)
+def gate_recommender_task(name: str, config_json: str, registered: dict[str, Any], metrics: dict[str, Any],
+                          tags: dict[str, str], parent: str) -> dict[str, Any]:
+    from semid.tasks.gate import gate_recommender_version
+
+    return gate_recommender_version(name, _cfg(config_json), registered, metrics, tags, parent)
+
+
+class Steps:
+    """Runs the flow's tasks and records, per step, its final state (Completed / Cached) and its seconds; logs a
+    nested MLflow run per step (config section, numbers, files, state) once the parent run exists."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.name, self.states, self.seconds, self.tracker = cfg, cfg.data.dataset, {}, {}, None
+
+    def __call__(self, task_fn, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        stage = BY_TASK.get(task_fn.name)
+        fresh = None
+        if stage is not None:  # a cached step: reuse its result only while its outputs are still on disk
+            key = stage_key(stage, self.cfg, self.name, {k: v for k, v in kwargs.items() if k not in
+                                                         StageCache().run_specific})
+            fresh = key is None or not self._cached_and_valid(task_fn, stage, key)
+        runner = task_fn.with_options(refresh_cache=fresh) if fresh is not None else task_fn
+        state = runner(name=self.name, config_json=self.cfg.model_dump_json(), **kwargs, return_state=True)
+        result = state.result()
+        self.states[task_fn.name], self.seconds[task_fn.name] = state.name, time.perf_counter() - start
+        return result
+
+    def _cached_and_valid(self, task_fn, stage, key: str) -> bool:
+        store = get_result_store().update_for_task(task_fn)
+        try:
+            return store.exists(key) and still_valid(stage, self.cfg, self.name, store.read(key).result)
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is a miss
+            return False
+
+    def log(self, step: str, section: str | None, metrics: dict[str, Any], files: tuple[Path, ...] = ()) -> None:
+        params = self.cfg.model_dump(mode="json")[section] if section else None
+        self.tracker.log_step(step, params, {**metrics, "seconds": self.seconds.get(step, float("nan"))},
+                              self.states.get(step, "Completed"), files)
+
+    def fail(self, explanation: str) -> GateFailed:
+        self.tracker.client.set_tag(self.tracker.parent, "gate", "failed")
+        return GateFailed(explanation)
 
 
 @flow(name="semid-retrain")
 def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline once on the configured dataset; fails (state Failed) when a gate fails."""
-    from tasks.diagnose import flat_metrics
-    from tasks.gate import gate_codebook
-    from tasks.register import Tracker, git_sha, load_champion
+    from semid.models.diagnostics import flat_metrics
+    from semid.tasks.gate import refit_reason
+    from semid.tasks.tracking import Tracker, git_sha, load_champion
 
-    logger = get_run_logger()
     cfg = load_config(config, overrides)
-    name, cj = cfg.data.dataset, cfg.model_dump_json()
-    flow_run_id = str(get_run_context().flow_run.id)
-    tags = {"git_sha": git_sha(), "config_hash": cfg.digest(), "prefect_flow_run_id": flow_run_id,
-            "dataset": name, "mode": cfg.flow.mode}
-    steps: dict[str, str] = {}
-    TIMINGS.clear()
-    snap, steps["ingest"] = _run(ingest_task.with_options(retries=cfg.flow.retries), "ingest", cfg, name)
+    name, run = cfg.data.dataset, Steps(cfg)
+    tags = {"git_sha": git_sha(), "config_hash": cfg.digest(),
+            "prefect_flow_run_id": str(get_run_context().flow_run.id), "dataset": name, "mode": cfg.flow.mode}
+    snap = run(ingest_task.with_options(retries=cfg.flow.retries))
     tags["data_hash"] = snap["dvc_hash"] or snap["raw_hash"]
-    tracker = Tracker(cfg, f"retrain-{name}", tags)
-    ok = False
+    run.tracker = tracker = Tracker(cfg, f"retrain-{name}", tags)
     try:
-        dump = cfg.model_dump(mode="json")
-
-        def log_step(step: str, section: str | None, metrics: dict[str, Any], artifacts: tuple[Path, ...] = ()):
-            """A nested MLflow run for one step: its config section, its numbers, its files, its cache state."""
-            run_id = tracker.step(step, dump[section] if section else None)
-            tracker.client.set_tag(run_id, "prefect_state", steps.get(step, "Completed"))
-            tracker.metrics(run_id, {**metrics, "seconds": TIMINGS.get(step, float("nan"))})
-            for path in artifacts:
-                tracker.artifacts(run_id, path, "outputs")
-            tracker.end(run_id)
-
-        log_step("ingest", "data", {})
-        _, steps["validate"] = _run(validate_task, "validate", cfg, name)
-        log_step("validate", "data", _load_stats(cfg, name))
-        manifest, steps["embed"] = _run(embed_task, "embed", cfg, name)
-        log_step("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
-        tracker.artifacts(tracker.parent, _data(cfg, "processed", name, "data_docs"), "gx_data_docs")
-        (Path(cfg.data.root) / "config.json").write_text(cfg.model_dump_json(indent=2))
-        tracker.artifacts(tracker.parent, Path(cfg.data.root) / "config.json", "config")
-        refit_reason = None
+        run.log("ingest", "data", {})
+        run(validate_task)
+        run.log("validate", "data", layout.load_stats(cfg, name))
+        manifest = run(embed_task)
+        run.log("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
+        tracker.log_inputs(cfg, layout.processed_dir(cfg, name) / "data_docs", layout.root(cfg) / "config.json")
         champion = load_champion(cfg, cfg.mlflow.codebook_model) if cfg.flow.mode == "incremental" else None
-        if champion is not None:
-            extended = extend_task(name, cj, champion)
-            steps["extend"] = "Completed"
-            log_step("extend", "quantizer", extended)
-            diag, steps["diagnose"] = _run(diagnose_task, "diagnose", cfg, name)
-            absolute = gate_codebook(diag, cfg.gate)
-            if not absolute.passed:
-                refit_reason = "; ".join(absolute.reasons)
-                logger.info("incremental codebook crosses the thresholds (%s): refitting", refit_reason)
-        if champion is None or refit_reason:
-            fitted, steps["quantize"] = _run(quantize_task, "quantize", cfg, name)
-            log_step("quantize", "quantizer", fitted)
-            diag, steps["diagnose"] = _run(diagnose_task, "diagnose", cfg, name)
-        sem = _data(cfg, "semantic", name)
-        log_step("diagnose", "diagnose", flat_metrics(diag),
-                 (sem / "diagnostics.json", sem / "code_usage.png", sem / "k_eff.png"))
-        codebook, steps["register-codebook"] = _run(register_codebook_task, "register-codebook", cfg, name, diag,
-                                                    tags, tracker.parent)
-        codebook["refit_reason"] = refit_reason
-        summary: dict[str, Any] = {"dataset": name, "mode": cfg.flow.mode, "steps": steps, "codebook": codebook,
-                                   "diagnostics": diag, "mlflow_run_id": tracker.parent, "recommender": None}
+        refit = None
+        if champion is not None:  # incremental: keep the champion's IDs, refit only if the thresholds fail
+            run.log("extend", "quantizer", run(extend_task, champion=champion))
+            diag = run(diagnose_task)
+            refit = refit_reason(diag, cfg.gate)
+            if refit:
+                get_run_logger().info("incremental codebook crosses the thresholds (%s): refitting", refit)
+        if champion is None or refit:
+            run.log("quantize", "quantizer", run(quantize_task))
+            diag = run(diagnose_task)
+        sem = layout.semantic_dir(cfg, name)
+        run.log("diagnose", "diagnose", flat_metrics(diag),
+                (sem / "diagnostics.json", sem / "code_usage.png", sem / "k_eff.png"))
+        registered = run(register_codebook_task, tags=tags, parent=tracker.parent)
+        codebook = run(gate_codebook_task, registered=registered, diag=diag, tags=tags, parent=tracker.parent)
+        summary = {"dataset": name, "mode": cfg.flow.mode, "steps": run.states, "codebook": {**codebook,
+                   "refit_reason": refit}, "diagnostics": diag, "mlflow_run_id": tracker.parent, "recommender": None}
         if not codebook["promoted"]:
-            tracker.client.set_tag(tracker.parent, "gate", "failed")
-            raise GateFailed(codebook["explanation"])
+            raise run.fail(codebook["explanation"])
         if cfg.flow.train_recommender:
-            start = time.perf_counter()
-            rec = recommend_task(name, cj, str(sem))
-            steps["recommend"] = "Completed"
-            TIMINGS["recommend"] = time.perf_counter() - start
-            log_step("recommend", "recommend", rec["metrics"], (_data(cfg, "recommend", name, "history.json"),))
-            summary["recommender"] = register_recommender_task(name, cj, rec, str(sem), tags, tracker.parent)
-            summary["recommender"]["metrics"] = rec["metrics"]
-            if not summary["recommender"]["promoted"]:
-                tracker.client.set_tag(tracker.parent, "gate", "failed")
-                raise GateFailed(summary["recommender"]["explanation"])
+            rec = run(recommend_task, codebook=str(sem))
+            run.log("recommend", "recommend", rec["metrics"], (layout.recommend_dir(cfg, name) / "history.json",))
+            registered = run(register_recommender_task, metrics=rec["metrics"], codebook=str(sem), tags=tags,
+                             parent=tracker.parent)
+            gated = run(gate_recommender_task, registered=registered, metrics=rec["metrics"], tags=tags,
+                        parent=tracker.parent)
+            summary["recommender"] = {**gated, "metrics": rec["metrics"]}
+            if not gated["promoted"]:
+                raise run.fail(gated["explanation"])
         tracker.client.set_tag(tracker.parent, "gate", "passed")
-        summary["seconds"] = dict(TIMINGS)
-        _write_summary(cfg, summary)
-        ok = True
+        summary["seconds"] = dict(run.seconds)
+        layout.write_run_summary(cfg, summary)
+        tracker.end(tracker.parent, True)
         return summary
-    finally:
-        tracker.end(tracker.parent, ok)
-
-
-def _load_stats(cfg: Config, name: str) -> dict[str, Any]:
-    path = _data(cfg, "processed", name, "stats.json")
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_summary(cfg: Config, summary: dict[str, Any]) -> None:
-    out = Path(cfg.data.root) / "runs" / f"{summary['dataset']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({k: v for k, v in summary.items() if k != "diagnostics"}, indent=2, default=str))
-
-
-def serve(cron: str, config: str = "params.yaml", overrides: list[str] | None = None,
-          name: str = "semid-retrain-scheduled") -> None:
-    """Serve a cron deployment of the retrain flow against the Prefect server at PREFECT_API_URL (blocks)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        from tasks.errors import PipelineError
-
-        raise PipelineError("No Prefect server: PREFECT_API_URL is not set.",
-                            "start one with `prefect server start --host 127.0.0.1` and export "
-                            "PREFECT_API_URL=http://127.0.0.1:4200/api.")
-    retrain.serve(name=name, cron=cron, parameters={"config": str(Path(config).resolve()),
-                                                    "overrides": list(overrides or [])})
+    except BaseException:
+        tracker.end(tracker.parent, False)
+        raise

@@ -1,5 +1,6 @@
 """Make semantic IDs unique: `dedup_level` (TIGER-style extra level) or `reassign` (move colliding items
-to the nearest free last-level codeword, optimal assignment inside each colliding prefix group)."""
+to the nearest free last-level codeword, optimal assignment inside each colliding prefix group), and the costs
+those moves are chosen by (an item's distance to each candidate codeword)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+from semid.models.kmeans import pairwise_sq_dist
+from semid.models.quantizer import Quantizer
 
 
 def duplicate_rate(codes: np.ndarray) -> float:
@@ -127,3 +133,40 @@ def extend_ids(codes: np.ndarray, known: np.ndarray, fixed: np.ndarray, last_cos
         out[i, levels] = counter
         taken.add(counter)
     return out, info
+
+
+def last_level_cost(quantizer: Quantizer, residual_last: torch.Tensor) -> np.ndarray:
+    """Cost [N, K] of giving each item each last-level codeword, in that level's distance."""
+    cb = quantizer.codebooks[-1]
+    if quantizer.distances[-1] == "cosine":
+        return (1 - F.normalize(residual_last, dim=1) @ F.normalize(cb, dim=1).T).numpy()
+    return pairwise_sq_dist(residual_last, cb).numpy()
+
+
+def _costs(r: torch.Tensor, cb: torch.Tensor, distance: str) -> torch.Tensor:
+    if distance == "cosine":
+        return 1 - F.normalize(cb, dim=1) @ F.normalize(r, dim=0)
+    return (cb - r).pow(2).sum(1)
+
+
+def nearest_free_id(quantizer: Quantizer, residuals: list[torch.Tensor], code: np.ndarray, i: int, used: set,
+                    width: int = 16) -> tuple[int, ...] | None:
+    """The cheapest ID not in `used` that keeps item i's first L-2 codes: search the last two levels
+    (the `width` nearest codewords of the second-to-last level, then the last level in cost order)."""
+    levels = quantizer.levels
+    if levels < 2:
+        return None
+    prefix = tuple(int(c) for c in code[: levels - 2])
+    r = residuals[levels - 2][i]
+    cost_a = _costs(r, quantizer.codebooks[levels - 2], quantizer.distances[levels - 2])
+    best, best_cost = None, float("inf")
+    for a in torch.argsort(cost_a)[:width].tolist():
+        cost_b = _costs(r - quantizer.codebooks[levels - 2][a], quantizer.codebooks[-1], quantizer.distances[-1])
+        for b in torch.argsort(cost_b).tolist():
+            cand = (*prefix, a, b)
+            if cand not in used:
+                total = float(cost_a[a] + cost_b[b])
+                if total < best_cost:
+                    best, best_cost = cand, total
+                break
+    return best

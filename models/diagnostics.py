@@ -6,6 +6,7 @@ O_pi = sum_j sum_k pi_j pi_k kappa(j, k), kappa symmetric with kappa(k, k) = 1:
   plus N(0, sigma^2 I) noise is assigned to codeword k;
 - Gaussian-overlap kernel: kappa(j, k) = exp(-||c_j - c_k||^2 / (8 sigma^2)).
 sigma = rho * median nearest-codeword distance of the level (rho -> 0 gives K_eff = 1/sum pi^2).
+`report` is the whole diagnostics report of a fit quantizer; `flat_metrics` its flat form for DVC and MLflow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.kmeans import assign, pairwise_sq_dist
+from semid.models.kmeans import assign, pairwise_sq_dist
+from semid.models.params import DiagnoseParams
+from semid.models.quantizer import Quantizer
 
 
 def usage(codes_level: np.ndarray, k: int) -> np.ndarray:
@@ -158,3 +161,35 @@ def diagnose(
             rep["recon_mse"] = float(np.mean(after**2))
         levels.append(rep)
     return {"levels": levels, "ids": id_report(codes)}
+
+
+def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, params: DiagnoseParams) -> dict[str, Any]:
+    """All diagnostics for a fit quantizer on embeddings x: per level, pre-resolution IDs, reconstruction MSE,
+    and the final (collision-resolved) IDs when given."""
+    codes, residuals = quantizer.encode_with_residuals(x)
+    out = diagnose(codes, [cb.numpy() for cb in quantizer.codebooks], quantizer.distances,
+                   [r.numpy() for r in residuals], params.rho, params.mc_samples, params.seed)
+    out["ids"]["pre_resolution"] = True
+    out["recon_mse"] = float(np.mean((quantizer.decode(codes) - x) ** 2))
+    out["final_ids"] = id_report(final_ids) if final_ids is not None else None
+    out["method"] = quantizer.method
+    out["distances"] = quantizer.distances
+    return out
+
+
+def flat_metrics(diag: dict[str, Any]) -> dict[str, float]:
+    """One flat dict (for `dvc metrics show` and MLflow): every per-level diagnostic + ID uniqueness."""
+    out: dict[str, float] = {}
+    for lv in diag["levels"]:
+        for key in ("active_share", "perplexity", "gini", "inverse_simpson", "o_pi", "k_eff", "k_eff_gaussian",
+                    "sigma", "recon_mse"):
+            if lv.get(key) is not None:
+                out[f"l{lv['level']}_{key}"] = float(lv[key])
+        out[f"l{lv['level']}_k_eff_ratio"] = float(lv["k_eff"] / lv["k"])
+    out["duplicate_rate"] = float(diag["ids"]["duplicate_rate"])
+    out["unique_coverage"] = float(diag["ids"]["unique_coverage"])
+    out["max_items_per_id"] = float(diag["ids"]["max_items_per_id"])
+    out["recon_mse"] = float(diag["recon_mse"])
+    if diag.get("final_ids"):
+        out["final_duplicate_rate"] = float(diag["final_ids"]["duplicate_rate"])
+    return out

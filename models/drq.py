@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.quantizer import residual_kmeans
-from models.rqvae import RQVAE, mlp
+from semid.models.quantizer import residual_kmeans
+from semid.models.rqvae import RQVAE, mlp
 
 
 class DRQ(RQVAE):
@@ -30,11 +30,10 @@ class DRQ(RQVAE):
 
     def _fit(self, x: torch.Tensor) -> None:
         p = self.params
-        epochs, bs = int(p.get("epochs", 200)), int(p.get("batch_size", 1024))
-        kl_w, cl_w = float(p.get("kl_weight", 1e-4)), float(p.get("contrastive_weight", 0.0))
+        epochs, bs, kl_w, cl_w = p.epochs, p.batch_size, p.kl_weight, p.contrastive_weight
         self._build(x.shape[1])
         gen = torch.Generator().manual_seed(self.seed)
-        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=float(p.get("lr", 1e-3)))
+        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=p.lr)
         n = x.shape[0]
         pairs = getattr(self, "_pairs", None)
         for epoch in range(epochs):
@@ -65,7 +64,7 @@ class DRQ(RQVAE):
             self.history.append({"epoch": epoch, **totals})
         with torch.no_grad():
             self.codebooks = residual_kmeans(self.to_latent(x), self.levels, self.codebook_size, self.distances,
-                                             int(p.get("kmeans_iters", 100)), self.seed)
+                                             p.kmeans_iters, self.seed)
 
 
 def cooccurrence_pairs(sequences: list[list[int]], window: int) -> np.ndarray:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RANKERS = ("dtn", "mmoe", "shared-bottom")
+from semid.models.params import RankerParams
+from semid.models.registry import get_model
 
 
 class FieldEmbedding(nn.Module):
@@ -98,6 +99,10 @@ class Ranker(nn.Module):
         self.fields, self.tasks = fields, tasks
         self.in_dim = fields.n_fields * embed_dim
 
+    @classmethod
+    def from_params(cls, fields: FieldEmbedding, tasks: int, p: RankerParams) -> Ranker:
+        return cls(fields, tasks, p.embed_dim, p.module_dim, p.tower, p.dropout)
+
     def forward(self, cat, bag=None, dense=None) -> torch.Tensor:
         """Logits [B, tasks]."""
         return self.logits(self.fields(cat, bag, dense).flatten(1))
@@ -145,6 +150,10 @@ class MMoE(Ranker):
         self.gates = nn.ModuleList(nn.Linear(self.in_dim, experts) for _ in range(tasks))
         self.towers = nn.ModuleList(tower(module_dim, tower_dims or [128, 64], dropout) for _ in range(tasks))
 
+    @classmethod
+    def from_params(cls, fields: FieldEmbedding, tasks: int, p: RankerParams) -> Ranker:
+        return cls(fields, tasks, p.embed_dim, p.module_dim, p.tower, p.dropout, p.experts)
+
     def logits(self, v: torch.Tensor) -> torch.Tensor:
         e = torch.stack([ex(v) for ex in self.experts], 1)
         return torch.stack([tw((F.softmax(g(v), -1)[:, :, None] * e).sum(1)).squeeze(-1)
@@ -163,15 +172,9 @@ class SharedBottom(Ranker):
         return torch.stack([tw(h).squeeze(-1) for tw in self.towers], 1)
 
 
-def build_ranker(kind: str, fields: FieldEmbedding, tasks: int, embed_dim: int, module_dim: int,
-                 tower_dims: list[int], dropout: float, experts: int = 4) -> Ranker:
-    if kind == "dtn":
-        return DTN(fields, tasks, embed_dim, module_dim, tower_dims, dropout)
-    if kind == "mmoe":
-        return MMoE(fields, tasks, embed_dim, module_dim, tower_dims, dropout, experts)
-    if kind == "shared-bottom":
-        return SharedBottom(fields, tasks, embed_dim, module_dim, tower_dims, dropout)
-    raise ValueError(f"ranker model must be one of {RANKERS}, got {kind!r}")
+def build_ranker(p: RankerParams, fields: FieldEmbedding, tasks: int) -> Ranker:
+    """The ranker `p.model` (a name from models.registry.RANKERS) over the given field embedding."""
+    return get_model("ranker", p.model).from_params(fields, tasks, p)
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,

@@ -11,7 +11,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.kmeans import assign, kmeans
+from semid.models.kmeans import assign, kmeans
+from semid.models.params import QuantizerParams
+
+IDENTITY = ("method", "levels", "codebook_size", "distances", "seed")  # quantizer.json's top-level fields
+
+
+def build_quantizer(params: QuantizerParams) -> Quantizer:
+    """A new (unfit) quantizer of the kind `params.method` names."""
+    from semid.models.registry import get_model
+
+    return get_model("quantizer", params.method)(params)
 
 
 class QuantizerInputError(ValueError):
@@ -70,12 +80,12 @@ class Quantizer(ABC):
 
     method: str = ""
 
-    def __init__(self, levels: int, codebook_size: int, distances: list[str], seed: int = 0, **params: Any):
-        self.levels = levels
-        self.codebook_size = codebook_size
-        self.distances = list(distances)
-        self.seed = seed
+    def __init__(self, params: QuantizerParams):
         self.params = params
+        self.levels = params.levels
+        self.codebook_size = params.codebook_size
+        self.distances = list(params.distances)
+        self.seed = params.seed
         self.input_dim: int | None = None
         self.codebooks: list[torch.Tensor] = []
         self.history: list[dict[str, float]] = []
@@ -123,6 +133,7 @@ class Quantizer(ABC):
 
     # --- persistence ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
+        """quantizer.json: the identity fields, the input dim and the remaining typed parameters."""
         return {
             "method": self.method,
             "levels": self.levels,
@@ -130,7 +141,7 @@ class Quantizer(ABC):
             "distances": self.distances,
             "seed": self.seed,
             "input_dim": self.input_dim,
-            "params": self.params,
+            "params": self.params.model_dump(mode="json", exclude=set(IDENTITY)),
         }
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -149,14 +160,11 @@ class Quantizer(ABC):
 
     @staticmethod
     def load(folder: str | Path) -> Quantizer:
-        from models import build_quantizer
-
         folder = Path(folder)
         if not (folder / "quantizer.json").exists():
             raise FileNotFoundError(f"no quantizer.json in {folder}")
         conf = json.loads((folder / "quantizer.json").read_text())
-        q = build_quantizer(conf["method"], conf["levels"], conf["codebook_size"], conf["distances"],
-                            conf["seed"], **conf["params"])
+        q = build_quantizer(QuantizerParams(**{k: conf[k] for k in IDENTITY}, **conf["params"]))
         q.input_dim = conf["input_dim"]
         q._build(q.input_dim)
         q.load_state(load_file(str(folder / "quantizer.safetensors")))

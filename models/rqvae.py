@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.kmeans import assign
-from models.quantizer import Quantizer, residual_kmeans, residual_quantize
+from semid.models.kmeans import assign
+from semid.models.quantizer import Quantizer, residual_kmeans, residual_quantize
 
 
 def mlp(dims: list[int]) -> nn.Sequential:
@@ -29,7 +29,7 @@ class RQVAE(Quantizer):
     method = "rqvae"
 
     def _dims(self, input_dim: int) -> list[int]:
-        return [input_dim, *[int(h) for h in self.params.get("hidden", [512, 256])], int(self.params.get("dim", 64))]
+        return [input_dim, *self.params.hidden, self.params.dim]
 
     def _build(self, input_dim: int) -> None:
         dims = self._dims(input_dim)
@@ -56,8 +56,7 @@ class RQVAE(Quantizer):
     def _fit(self, x: torch.Tensor) -> None:
         """Train; if a level collapses (fewer than `collapse_active` of its codes in use on the data), train
         again from the next seed, up to `collapse_restarts` times. Each restart is recorded in the history."""
-        p = self.params
-        min_active, restarts = float(p.get("collapse_active", 0.5)), int(p.get("collapse_restarts", 2))
+        min_active, restarts = self.params.collapse_active, self.params.collapse_restarts
         for attempt in range(restarts + 1):
             torch.manual_seed(self.seed + attempt)
             self._train(x, self.seed + attempt)
@@ -71,15 +70,13 @@ class RQVAE(Quantizer):
 
     def _train(self, x: torch.Tensor, seed: int) -> None:
         p = self.params
-        epochs, bs = int(p.get("epochs", 200)), int(p.get("batch_size", 1024))
-        decay, beta = float(p.get("ema_decay", 0.99)), float(p.get("beta", 0.25))
-        dead = int(p.get("dead_code_threshold", 2))
+        epochs, bs, decay, beta, dead = p.epochs, p.batch_size, p.ema_decay, p.beta, p.dead_code_threshold
         self._build(x.shape[1])
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=float(p.get("lr", 1e-3)))
+        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=p.lr)
         with torch.no_grad():  # k-means init of every level on the (untrained) encoder's latents
             self.codebooks = residual_kmeans(self.encoder(x), self.levels, self.codebook_size, self.distances,
-                                             int(p.get("kmeans_iters", 100)), seed)
+                                             p.kmeans_iters, seed)
         k, n = self.codebook_size, x.shape[0]
         ema_count = [torch.ones(k) for _ in range(self.levels)]
         ema_sum = [cb.clone() for cb in self.codebooks]

@@ -1,4 +1,5 @@
-"""Diagnose step: per-level codebook diagnostics (O_pi, K_eff, usage) + full-ID uniqueness, as JSON and PNGs."""
+"""Diagnose step: the codebook diagnostics report (models.diagnostics) of the fitted quantizer on the item
+embeddings, written as diagnostics.json, a flat metrics.json (DVC/MLflow) and PNG plots."""
 
 from __future__ import annotations
 
@@ -8,45 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from models.diagnostics import diagnose as diagnose_codes
-from models.diagnostics import id_report
-from models.quantizer import Quantizer
-from tasks.config import Config
-from tasks.embed import load_embeddings
-from tasks.errors import PipelineError
-from tasks.quantize import code_columns, semantic_dir
-
-
-def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, rho: float, samples: int,
-           seed: int) -> dict[str, Any]:
-    """All diagnostics for a fit quantizer on embeddings x (no I/O)."""
-    codes, residuals = quantizer.encode_with_residuals(x)
-    out = diagnose_codes(codes, [cb.numpy() for cb in quantizer.codebooks], quantizer.distances,
-                         [r.numpy() for r in residuals], rho, samples, seed)
-    out["ids"]["pre_resolution"] = True
-    out["recon_mse"] = float(np.mean((quantizer.decode(codes) - x) ** 2))
-    out["final_ids"] = id_report(final_ids) if final_ids is not None else None
-    out["method"] = quantizer.method
-    out["distances"] = quantizer.distances
-    return out
-
-
-def flat_metrics(diag: dict[str, Any]) -> dict[str, float]:
-    """One flat dict (for `dvc metrics show` and MLflow): every per-level diagnostic + ID uniqueness."""
-    out: dict[str, float] = {}
-    for lv in diag["levels"]:
-        for key in ("active_share", "perplexity", "gini", "inverse_simpson", "o_pi", "k_eff", "k_eff_gaussian",
-                    "sigma", "recon_mse"):
-            if lv.get(key) is not None:
-                out[f"l{lv['level']}_{key}"] = float(lv[key])
-        out[f"l{lv['level']}_k_eff_ratio"] = float(lv["k_eff"] / lv["k"])
-    out["duplicate_rate"] = float(diag["ids"]["duplicate_rate"])
-    out["unique_coverage"] = float(diag["ids"]["unique_coverage"])
-    out["max_items_per_id"] = float(diag["ids"]["max_items_per_id"])
-    out["recon_mse"] = float(diag["recon_mse"])
-    if diag.get("final_ids"):
-        out["final_duplicate_rate"] = float(diag["final_ids"]["duplicate_rate"])
-    return out
+from semid.models.diagnostics import flat_metrics, report
+from semid.models.quantizer import Quantizer
+from semid.models.semantic_ids import code_columns
+from semid.tasks import layout
+from semid.tasks.config import Config
+from semid.tasks.errors import PipelineError
 
 
 def plot(diag: dict[str, Any], codes: np.ndarray, folder: Path) -> list[Path]:
@@ -84,16 +52,16 @@ def plot(diag: dict[str, Any], codes: np.ndarray, folder: Path) -> list[Path]:
 
 
 def diagnose(name: str, cfg: Config) -> dict[str, Any]:
+    """Diagnose data/semantic/NAME's quantizer on NAME's embeddings; returns the report."""
     import pandas as pd
 
-    folder = semantic_dir(cfg, name)
+    folder = layout.semantic_dir(cfg, name)
     if not (folder / "quantizer" / "quantizer.json").exists():
         raise PipelineError(f"No quantizer for '{name}' in {folder}.", f"run `semid quantize {name}` first.")
     quantizer = Quantizer.load(folder / "quantizer")
-    x = load_embeddings(cfg, name)
+    x = layout.load_embeddings(cfg, name)
     ids = pd.read_parquet(folder / "ids.parquet")
-    final = ids[code_columns(ids)].to_numpy()
-    diag = report(quantizer, x, final, cfg.diagnose.rho, cfg.diagnose.mc_samples, cfg.diagnose.seed)
+    diag = report(quantizer, x, ids[code_columns(ids)].to_numpy(), cfg.diagnose)
     diag["dataset"] = name
     (folder / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
     (folder / "metrics.json").write_text(json.dumps(flat_metrics(diag), indent=2) + "\n")

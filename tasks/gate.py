@@ -1,9 +1,12 @@
-"""Gate step: decide whether a candidate codebook (or recommender) may replace the champion.
+"""Gate step: decide whether a registered candidate (codebook or recommender) may replace the champion, and
+promote it if so. The gate policy lives here: which checks, which metric, the incremental refit rule.
 
 Codebook checks: K_eff/K per level, pre-resolution duplicate rate, active-code share and reconstruction MSE
 against fixed thresholds; no regression against the champion on K_eff and duplicate rate (with tolerance);
-ID churn (share of items known to both whose semantic ID changed) below a maximum. Recommender check: no
-drop of validation NDCG@10 below the champion's beyond a tolerance. The report is JSON + markdown either way.
+ID churn (share of items known to both whose semantic ID changed) below a maximum. Recommender check: the
+validation NDCG@10 of the configured protocol (history masked or not), above a floor and not below the
+champion's beyond a tolerance. The check and the alias move run under the promotion lock; the report is
+JSON + markdown either way and is logged into the candidate's run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.config import GateConfig
+from semid.tasks import layout
+from semid.tasks.config import Config, GateConfig
+from semid.tasks.tracking import Tracker, load_champion, metric_key, promote
+
+REGISTRY_WORDING = ("It was registered with tag gate=failed and the champion alias did not move; fix the data or "
+                    "the configuration (params.yaml) and run again.")
 
 
 @dataclass
@@ -41,12 +49,12 @@ class GateReport:
     def reasons(self) -> list[str]:
         return [f"{c.name} = {_fmt(c.value)} ({c.rule})" for c in self.checks if not c.passed]
 
-    def explanation(self) -> str:
+    def summary(self) -> str:
+        """One sentence: passed, or which checks failed and by how much."""
         if self.passed:
             return f"The {self.subject} passed all {len(self.checks)} gate checks."
         return (f"The candidate {self.subject} failed {len(self.reasons)} of {len(self.checks)} gate checks: "
-                + "; ".join(self.reasons) + ". It was registered with tag gate=failed and the champion alias did "
-                "not move; fix the data or the configuration (params.yaml) and run again.")
+                + "; ".join(self.reasons) + ".")
 
     def to_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "passed": self.passed, "reasons": self.reasons,
@@ -119,3 +127,57 @@ def gate_recommender(valid_ndcg: float, g: GateConfig, champion_ndcg: float | No
         rep.checks.append(Check("valid_ndcg@10_vs_champion", valid_ndcg, floor, champion_ndcg, valid_ndcg >= floor,
                                 f">= champion - {g.ndcg_tolerance}"))
     return rep
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def refit_reason(diag: dict[str, Any], g: GateConfig) -> str | None:
+    """Incremental mode: the codebook is refit when the grown catalogue fails the absolute thresholds."""
+    absolute = gate_codebook(diag, g)
+    return None if absolute.passed else "; ".join(absolute.reasons)
+
+
+def recommender_metric(cfg: Config) -> str:
+    """The gated recommender metric: validation NDCG@10 on the protocol early stopping used."""
+    return f"valid_{'full_masked' if cfg.recommend.mask_history else 'full'}_ndcg@10"
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _decide(cfg: Config, model_name: str, version: str, run_id: str, tags: dict[str, str], parent: str,
+            folder: Path, decide) -> dict[str, Any]:
+    """Under the promotion lock: gate against the champion, tag the version, move the aliases if it passed;
+    write and log the report, close the candidate's run."""
+    promoted, report, before = promote(cfg, model_name, version, decide)
+    tracker = Tracker.attach(cfg, parent, tags)
+    for path in report.write(folder):
+        tracker.artifacts(run_id, path, "gate")
+    tracker.end(run_id)
+    explanation = report.summary() if report.passed else f"{report.summary()} {REGISTRY_WORDING}"
+    return {"version": version, "promoted": promoted, "champion_before": before, "gate": report.to_dict(),
+            "explanation": explanation}
+
+
+def gate_codebook_version(name: str, cfg: Config, registered: dict[str, str], diag: dict[str, Any],
+                          tags: dict[str, str], parent: str) -> dict[str, Any]:
+    """Gate the registered codebook version against the champion (with ID churn) and promote it if it passes."""
+    champion = load_champion(cfg, cfg.mlflow.codebook_model)
+    candidate = pd.read_parquet(layout.semantic_dir(cfg, name) / "ids.parquet")
+    churn, common, new = (id_churn(champion.ids, candidate) if champion is not None
+                          else (None, 0, len(candidate)))
+    Tracker.attach(cfg, parent, tags).metrics(registered["run_id"], {
+        "id_churn": churn if churn is not None else 0.0, "items_known": common, "items_new": new})
+    out = _decide(cfg, cfg.mlflow.codebook_model, registered["version"], registered["run_id"], tags, parent,
+                  layout.semantic_dir(cfg, name), lambda champ: gate_codebook(diag, cfg.gate, champ, churn))
+    return {**out, "churn": churn, "items_known": common, "items_new": new}
+
+
+def gate_recommender_version(name: str, cfg: Config, registered: dict[str, str], metrics: dict[str, Any],
+                             tags: dict[str, str], parent: str) -> dict[str, Any]:
+    """Gate the registered recommender version on the gated metric and promote it if it passes."""
+    key = recommender_metric(cfg)
+    return _decide(cfg, cfg.mlflow.recommender_model, registered["version"], registered["run_id"], tags, parent,
+                   layout.recommend_dir(cfg, name),
+                   lambda champ: gate_recommender(metrics[key], cfg.gate, (champ or {}).get(metric_key(key))))

@@ -1,223 +1,48 @@
-"""Rank step: build two-task ranking data (ml-100k: interact + like; Ali-CCP/AliExpress: click + conversion),
-train DTN / MMoE / shared-bottom with early stopping on mean validation AUC, report AUC per task.
+"""Rank step: load two-task ranking data (ml-100k: interact + like, with the item's semantic-ID codes;
+Ali-CCP / AliExpress samples: click + conversion), train the configured multi-task ranker (DTN, MMoE,
+shared-bottom) with early stopping on mean validation AUC, write data/rank/NAME/<model>/.
 
-ml-100k tasks: `interact` = rated pair (1) vs a sampled pair the user never rated (0); `like` = rating >= 4,
-defined on rated pairs only (conditional on interact). Split per user by time: last 10 % of each user's
-ratings = test, the 10 % before = validation. Features: user id, age bucket, gender, occupation, item id,
-release decade, genres (multi-valued) and, optionally, the item's semantic-ID codes (one field per level).
-Writes data/rank/NAME/<model>/: model.safetensors, ranker.json, metrics.json.
+Outputs: model.safetensors, ranker.json (what to rebuild it from + history), metrics.json (test AUC per task).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
 
-from models.determinism import deterministic
-from models.dtn import FieldEmbedding, Ranker, build_ranker, multitask_loss
-from models.early_stopping import EarlyStopper
-from models.metrics import auc
-from tasks.config import Config, RankerConfig
-from tasks.errors import PipelineError
-from tasks.fsutil import staged_dir
+from semid.models.params import RankerParams
+from semid.models.ranking import RankData, aucs_on_test, frame_tasks, make_ranker, movielens_tasks, train_ranker
+from semid.models.semantic_ids import load_codebook
+from semid.tasks import layout
+from semid.tasks.config import Config
+from semid.tasks.errors import PipelineError
 
-AGE_EDGES = [18, 25, 35, 45, 50, 56]
+CSV_SAMPLES = {"ali-ccp-sample": ["click", "purchase"], "aliexpress-sample": ["click", "conversion"]}
 
 
-@dataclass
-class RankData:
-    tasks: list[str]
-    cat_fields: list[str]
-    cat_vocab: list[int]
-    bag_fields: list[str] = field(default_factory=list)
-    bag_vocab: list[int] = field(default_factory=list)
-    dense_fields: list[str] = field(default_factory=list)
-    splits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # cat, bag, dense, labels, mask
-
-
-def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
-    """Category ids 1..V (0 = unknown) and vocab size V + 1."""
-    cats = pd.Categorical(values.astype("string").fillna("?"))
-    return cats.codes.astype(np.int64) + 1, len(cats.categories) + 1
-
-
-def movielens_tasks(tables: dict[str, pd.DataFrame], rc: RankerConfig, sid_codes: np.ndarray | None = None,
-                    codebook_size: int = 256) -> RankData:
-    inter = tables["interactions"].sort_values(["user_id", "timestamp", "position"]).reset_index(drop=True)
-    users, items = tables["users"].set_index("user_id"), tables["items"].set_index("item_id")
-    n_users, n_items = int(users.index.max()) + 1, int(items.index.max()) + 1
-    # user / item attribute tables indexed by id
-    age = np.digitize(pd.to_numeric(users["age"], errors="coerce").fillna(0).to_numpy(), AGE_EDGES) + 1
-    gender, v_gender = _codes(users["gender"])
-    occ, v_occ = _codes(users["occupation"])
-    u_feat = np.zeros((n_users, 3), dtype=np.int64)
-    u_feat[users.index.to_numpy()] = np.stack([age, gender, occ], 1)
-    decade = (pd.to_numeric(items["year"], errors="coerce") // 10).astype("Int64").astype("string")
-    dec, v_dec = _codes(decade)
-    genre_lists = [[g.strip() for g in str(v).split(",") if g.strip()] for v in items["genres"].fillna("")]
-    vocab = {g: i + 1 for i, g in enumerate(sorted({g for gs in genre_lists for g in gs}))}
-    width = max(1, max(len(g) for g in genre_lists))
-    i_genre = np.zeros((n_items, width), dtype=np.int64)
-    i_dec = np.zeros(n_items, dtype=np.int64)
-    for row, (iid, gs) in enumerate(zip(items.index.to_numpy(), genre_lists, strict=True)):
-        i_genre[iid, : len(gs)] = [vocab[g] for g in gs]
-        i_dec[iid] = dec[row]
-    cat_fields = ["user_id", "age", "gender", "occupation", "item_id", "decade"]
-    cat_vocab = [n_users, len(AGE_EDGES) + 2, v_gender, v_occ, n_items, v_dec]
-    if sid_codes is not None:
-        cat_fields += [f"sid_{level}" for level in range(sid_codes.shape[1])]
-        cat_vocab += [int(max(codebook_size, sid_codes[:, level].max() + 1)) for level in range(sid_codes.shape[1])]
-
-    # per-user time split of the rated pairs
-    rank_in_user = inter.groupby("user_id").cumcount().to_numpy()
-    size = inter.groupby("user_id")["item_id"].transform("size").to_numpy()
-    n_eval = np.maximum(1, np.round(size * 0.1)).astype(int)
-    part = np.where(rank_in_user >= size - n_eval, "test",
-                    np.where(rank_in_user >= size - 2 * n_eval, "valid", "train"))
-    rated = {u: set(g) for u, g in inter.groupby("user_id")["item_id"]}
-    rng = np.random.default_rng(rc.seed)
-
-    def rows(u: np.ndarray, i: np.ndarray, interact: np.ndarray, like: np.ndarray) -> dict[str, torch.Tensor]:
-        cols = [u, *u_feat[u].T, i, i_dec[i]]
-        if sid_codes is not None:
-            cols += list(sid_codes[i].T)
-        labels = np.stack([interact, like], 1)
-        mask = np.stack([np.ones_like(interact, dtype=bool), interact.astype(bool)], 1)
-        return {"cat": torch.from_numpy(np.stack(cols, 1)), "bag": torch.from_numpy(i_genre[i][:, None, :]),
-                "labels": torch.from_numpy(labels), "mask": torch.from_numpy(mask)}
-
-    data = RankData(tasks=["interact", "like"], cat_fields=cat_fields, cat_vocab=cat_vocab,
-                    bag_fields=["genres"], bag_vocab=[len(vocab) + 1])
-    for name in ("train", "valid", "test"):
-        sel = inter[part == name]
-        pu, pi = sel["user_id"].to_numpy(), sel["item_id"].to_numpy()
-        nu = np.repeat(pu, rc.neg_ratio)
-        ni = rng.integers(0, n_items, len(nu))
-        for j in range(len(nu)):  # resample the (rare) draws the user actually rated
-            while ni[j] in rated[nu[j]]:
-                ni[j] = rng.integers(0, n_items)
-        like = (sel["rating"].to_numpy() >= rc.like_threshold).astype(np.int64)
-        u, i = np.concatenate([pu, nu]), np.concatenate([pi, ni])
-        interact = np.concatenate([np.ones(len(pu), np.int64), np.zeros(len(nu), np.int64)])
-        data.splits[name] = rows(u, i, interact, np.concatenate([like, np.zeros(len(nu), np.int64)]))
-    return data
-
-
-def csv_tasks(folder: Path, labels: list[str], conditional: bool = True) -> RankData:
-    """Ali-CCP / AliExpress CSV samples: integer categorical columns, float dense columns, two labels.
-    The second task is defined where the first label is 1 when `conditional` (conversion after click)."""
-    files = sorted(folder.glob("*.csv"))
-    if not files:
-        raise PipelineError(f"No CSV files in {folder}.", "point --mirror at ../shared/datasets.")
-    frames = {("valid" if "val" in f.stem else "test" if "test" in f.stem else "train"): pd.read_csv(f) for f in files}
-    if "valid" not in frames:  # AliExpress ships train/test only: validate on the test sample
-        frames["valid"] = frames["test"]
-    cols = [c for c in frames["train"].columns if c not in labels and c != "search_id"]
-    dense = [c for c in cols if c.startswith(("D", "numerical"))]
-    cat = [c for c in cols if c not in dense]
-    vocab = [int(max(f[c].max() for f in frames.values())) + 1 for c in cat]
-    data = RankData(tasks=labels, cat_fields=cat, cat_vocab=vocab, dense_fields=dense)
-    for name, f in frames.items():
-        y = f[labels].to_numpy(np.int64)
-        mask = np.ones_like(y, dtype=bool)
-        if conditional:
-            mask[:, 1] = y[:, 0] == 1
-        data.splits[name] = {"cat": torch.from_numpy(f[cat].to_numpy(np.int64)),
-                             "dense": torch.from_numpy(f[dense].to_numpy(np.float32)),
-                             "labels": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
-    return data
-
-
-def make_ranker(data: RankData, rc: RankerConfig) -> Ranker:
-    torch.manual_seed(rc.seed)
-    fields = FieldEmbedding(data.cat_vocab, data.bag_vocab, len(data.dense_fields), rc.embed_dim)
-    return build_ranker(rc.model, fields, len(data.tasks), rc.embed_dim, rc.module_dim, rc.tower, rc.dropout,
-                        rc.experts)
-
-
-def _inputs(split: dict[str, torch.Tensor], idx: torch.Tensor | slice) -> tuple:
-    return tuple(split[k][idx] if k in split else None for k in ("cat", "bag", "dense"))
-
-
-@torch.no_grad()
-def task_aucs(model: Ranker, data: RankData, which: str, batch: int = 65536) -> dict[str, float | None]:
-    """AUC per task on the rows where the task's label is defined (None when one class is missing)."""
-    model.eval()
-    split = data.splits[which]
-    n = len(split["labels"])
-    logits = torch.cat([model(*_inputs(split, slice(s, s + batch))) for s in range(0, n, batch)])
-    out: dict[str, float | None] = {}
-    for t, task in enumerate(data.tasks):
-        m = split["mask"][:, t]
-        y = split["labels"][m, t].numpy()
-        out[task] = auc(y, logits[m, t].numpy()) if 0 < y.sum() < len(y) else None
-    return out
-
-
-@deterministic()
-def fit_ranker(model: Ranker, data: RankData, rc: RankerConfig) -> dict[str, Any]:
-    """Adam with early stopping on the mean validation AUC; restores the best weights."""
-    gen = torch.Generator().manual_seed(rc.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=rc.lr)
-    train = data.splits["train"]
-    weights = list(rc.task_weights)[: len(data.tasks)]
-    stopper, history, seconds = EarlyStopper(rc.patience), [], 0.0
-    for epoch in range(rc.epochs):
-        model.train()
-        start = time.perf_counter()
-        perm = torch.randperm(len(train["labels"]), generator=gen)
-        for s in range(0, len(perm), rc.batch_size):
-            idx = perm[s:s + rc.batch_size]
-            loss = multitask_loss(model(*_inputs(train, idx)), train["labels"][idx], train["mask"][idx], weights)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        seconds += time.perf_counter() - start
-        valid = task_aucs(model, data, "valid")
-        score = float(np.mean([v for v in valid.values() if v is not None] or [0.0]))
-        history.append({"epoch": epoch, "valid_mean_auc": score, **{f"valid_auc_{k}": v for k, v in valid.items()}})
-        if stopper.step(model, score, epoch):
-            break
-    stopper.restore(model)
-    return {"epochs": len(history), "seconds_per_epoch": seconds / max(len(history), 1),
-            "best_valid": stopper.best, "history": history}
-
-
-def rank_dir(cfg: Config, name: str, model: str) -> Path:
-    return Path(cfg.data.root) / "rank" / name / model
-
-
-def rank_data(name: str, cfg: Config, rc: RankerConfig, codebook: Path | None = None) -> RankData:
+def rank_data(name: str, cfg: Config, rc: RankerParams, codebook: Path | None = None) -> RankData:
     """The two-task data for NAME: ml-100k (processed tables + optional semantic IDs) or a CSV sample."""
-    if name in ("ali-ccp-sample", "aliexpress-sample"):
+    if name in CSV_SAMPLES:
         if not cfg.data.mirror:
             raise PipelineError(f"{name} is read from the local mirror, but none is set.",
                                 "set SEMID_DATA_MIRROR (or data.mirror) to the shared datasets folder.")
-        labels = ["click", "purchase"] if name == "ali-ccp-sample" else ["click", "conversion"]
-        data = csv_tasks(Path(cfg.data.mirror) / name, labels)
-    else:
-        from tasks.quantize import semantic_dir
-        from tasks.recommend import load_codebook
-        from tasks.validate import load_processed
-
-        tables = load_processed(cfg, name)
-        if "users" not in tables or "rating" not in tables["interactions"]:
-            raise PipelineError(f"The ranker needs ratings and user features; {name} has no users table or ratings.",
-                                "use ml-100k (or the Ali-CCP / AliExpress samples).")
-        sid = None
-        if rc.semantic_features:
-            quantizer, sid = load_codebook(codebook or semantic_dir(cfg, name))
-            sid = sid[:, : quantizer.levels]
-        data = movielens_tasks(tables, rc, sid, cfg.quantizer.codebook_size)
-    return data
+        files = sorted((Path(cfg.data.mirror) / name).glob("*.csv"))
+        if not files:
+            raise PipelineError(f"No CSV files in {Path(cfg.data.mirror) / name}.",
+                                "point --mirror at ../shared/datasets.")
+        split_of = {f: "valid" if "val" in f.stem else "test" if "test" in f.stem else "train" for f in files}
+        return frame_tasks({split_of[f]: pd.read_csv(f) for f in files}, CSV_SAMPLES[name])
+    tables = layout.load_processed(cfg, name)
+    if "users" not in tables or "rating" not in tables["interactions"]:
+        raise PipelineError(f"The ranker needs ratings and user features; {name} has no users table or ratings.",
+                            "use ml-100k (or the Ali-CCP / AliExpress samples).")
+    sid = None
+    if rc.semantic_features:
+        quantizer, sid = load_codebook(layout.require_codebook(codebook or layout.semantic_dir(cfg, name)))
+        sid = sid[:, : quantizer.levels]
+    return movielens_tasks(tables, rc, sid, cfg.quantizer.codebook_size)
 
 
 def rank(name: str, cfg: Config, codebook: Path | None = None) -> dict[str, Any]:
@@ -225,32 +50,26 @@ def rank(name: str, cfg: Config, codebook: Path | None = None) -> dict[str, Any]
     rc = cfg.ranker
     data = rank_data(name, cfg, rc, codebook)
     model = make_ranker(data, rc)
-    summary = fit_ranker(model, data, rc)
-    test = task_aucs(model, data, "test")
-    metrics = {**{f"test_auc_{k}": v for k, v in test.items()}, "seconds_per_epoch": summary["seconds_per_epoch"],
+    summary = train_ranker(model, data, rc)
+    metrics = {**aucs_on_test(model, data), "seconds_per_epoch": summary["seconds_per_epoch"],
                "epochs": summary["epochs"]}
     info = {"dataset": name, "model": rc.model, "tasks": data.tasks, "fields": data.cat_fields + data.bag_fields
             + data.dense_fields, "rows": {k: len(v["labels"]) for k, v in data.splits.items()},
             "params": sum(p.numel() for p in model.parameters()), "config": rc.model_dump(mode="json"),
             "best_valid_mean_auc": summary["best_valid"], "history": summary["history"]}
-    with staged_dir(rank_dir(cfg, name, rc.model)) as folder:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-        (folder / "ranker.json").write_text(json.dumps(info, indent=2) + "\n")
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    layout.write_model_dir(layout.rank_dir(cfg, name, rc.model), model.state_dict(),
+                           {"ranker.json": info, "metrics.json": metrics})
     return {**info, "metrics": metrics}
 
 
 def reevaluate_ranker(name: str, model_name: str, cfg: Config) -> dict[str, Any]:
     """Rebuild the saved ranker (same seeded data) and compute its test AUC per task again."""
-    folder = rank_dir(cfg, name, model_name)
-    if not (folder / "ranker.json").exists():
-        raise PipelineError(f"No trained {model_name} ranker in {folder}.", f"run `semid train {name} --model "
-                            f"{model_name}` first.")
-    info = json.loads((folder / "ranker.json").read_text())
-    rc = RankerConfig.model_validate(info["config"])
+    folder = layout.rank_dir(cfg, name, model_name)
+    info, state = layout.read_model_dir(folder, "ranker.json", PipelineError(
+        f"No trained {model_name} ranker in {folder}.", f"run `semid train {name} --model {model_name}` first."))
+    rc = RankerParams.model_validate(info["config"])
     data = rank_data(name, cfg, rc)
     model = make_ranker(data, rc)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    test = task_aucs(model, data, "test")
-    return {**info, "metrics": {**{f"test_auc_{k}": v for k, v in test.items()}, "epochs": len(info["history"]),
+    model.load_state_dict(state)
+    return {**info, "metrics": {**aucs_on_test(model, data), "epochs": len(info["history"]),
                                 "seconds_per_epoch": float("nan")}}

@@ -1,7 +1,9 @@
-"""Validate step: check raw tables with Great Expectations, then write the canonical processed dataset.
+"""Validate step: parse the raw snapshot, check it with Great Expectations, write the canonical processed dataset.
 
-On failure the raw batch, the GX result JSON and a report go to data/quarantine/NAME/<UTC time>/ and
-nothing under data/processed/ is touched. On success data/processed/NAME/ is replaced atomically with
+Parsing yields two tables keyed by *source* ids (strings): interactions(user_id, item_id, timestamp) and
+items(item_id, text, raw fields...); canonical integer ids are assigned after validation. On failure the raw
+batch, the GX result JSON and a report go to data/quarantine/NAME/<UTC time>/ and nothing under data/processed/
+is touched. On success data/processed/NAME/ is replaced atomically with
 interactions.parquet, items.parquet, id maps, stats.json and the GX data docs (HTML).
 """
 
@@ -15,10 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.config import Config
-from tasks.errors import PipelineError
-from tasks.fsutil import staged_dir
-from tasks.ingest import RawTables, get_spec, parse, quarantine, snapshot_files
+from semid.tasks import layout
+from semid.tasks.config import Config, LocalSource
+from semid.tasks.datasets import LOCAL_FORMATS, get_spec
+from semid.tasks.errors import PipelineError
+from semid.tasks.fsutil import staged_dir
 
 ID_TYPES = ["StringDtype"]  # ids are normalised to pandas' nullable string dtype by ingest.parse
 NUM_TYPES = ["int64", "int32", "Int64", "Int32", "float64", "float32", "Float64", "uint32", "uint64"]
@@ -37,6 +40,214 @@ FIXES = {
 }
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
+
+
+@dataclass
+class RawTables:
+    interactions: pd.DataFrame  # user_id:str, item_id:str, timestamp:number (+ extra columns)
+    items: pd.DataFrame  # item_id:str, text:str (+ raw fields)
+    users: pd.DataFrame | None = None  # user_id:str + raw user features
+
+
+def _require(path: Path, name: str) -> Path:
+    if not path.exists():
+        raise PipelineError(f"{path} is missing.", f"run `semid data fetch {name}` first.")
+    return path
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PipelineError(
+            f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            "the file looks truncated or corrupt.",
+            "fetch the dataset again (a checksum-verified copy), or repair the file at its source.",
+        ) from None
+
+
+def _parse_atomic(folder: Path, name: str) -> RawTables:
+    def read(ext: str) -> pd.DataFrame:
+        df = pd.read_csv(_require(folder / f"{name}.{ext}", name), sep="\t", dtype=str, encoding="latin-1")
+        df.columns = [c.split(":")[0] for c in df.columns]
+        return df
+
+    inter = read("inter")
+    interactions = pd.DataFrame(
+        {
+            "user_id": inter["user_id"],
+            "item_id": inter["item_id"],
+            "timestamp": pd.to_numeric(inter["timestamp"]).astype("int64"),
+            "rating": pd.to_numeric(inter["rating"]),
+        }
+    )
+    # the file is not in time order; a user's history is ordered by timestamp (stable for ties)
+    interactions = interactions.sort_values(["timestamp"], kind="stable")
+    first_seen = {u: i for i, u in enumerate(pd.unique(inter["user_id"]))}
+    interactions = interactions.sort_values("user_id", key=lambda c: c.map(first_seen), kind="stable")
+    interactions = interactions.reset_index(drop=True)
+    item = read("item")
+    year = item["release_year"].fillna("")
+    genres = item["class"].fillna("").str.split().str.join(", ")
+    title = item["movie_title"].fillna("")
+    text = (title + year.map(lambda y: f" ({y})" if y else "") + genres.map(lambda g: f"; {g}" if g else ""))
+    text = text.where(title.str.len() > 0, "")
+    items = pd.DataFrame(
+        {"item_id": item["item_id"], "text": text, "title": title, "year": year, "genres": genres}
+    )
+    users = read("user").rename(columns={"zip_code": "zip"})
+    return RawTables(interactions=interactions, items=items, users=users)
+
+
+def _parse_lcrec(folder: Path, name: str) -> RawTables:
+    inter_file = next(iter(sorted(folder.glob("*.inter.json"))), None)
+    item_file = next(iter(sorted(folder.glob("*.item.json"))), None)
+    if inter_file is None or item_file is None:
+        raise PipelineError(f"{folder} lacks *.inter.json / *.item.json.", f"run `semid data fetch {name}`.")
+    seqs = _load_json(inter_file)
+    meta = _load_json(item_file)
+    if not isinstance(seqs, dict) or not isinstance(meta, dict):
+        raise PipelineError(f"{folder}: LC-Rec files must each hold one JSON object.", "fetch the dataset again.")
+    users, items_, pos = [], [], []
+    for uid, seq in seqs.items():
+        users.extend([uid] * len(seq))
+        items_.extend(str(i) for i in seq)
+        pos.extend(range(len(seq)))
+    interactions = pd.DataFrame({"user_id": users, "item_id": items_, "timestamp": pos})
+    fields = ["title", "description", "brand", "categories"]
+    rows = [{"item_id": k, **{f: (v or {}).get(f, "") or "" for f in fields}} for k, v in meta.items()]
+    items = pd.DataFrame(rows, columns=["item_id", *fields])
+    # the paper's item text: title;price;brand;categories (LC-Rec data has no price)
+    parts = items[["title", "brand", "categories"]].astype(str)
+    items.insert(1, "text", parts.apply(lambda r: ";".join(p for p in r if p.strip()), axis=1))
+    items.loc[items["title"].str.strip() == "", "text"] = ""
+    return RawTables(interactions=interactions, items=items)
+
+
+def _parse_sequence(folder: Path, name: str) -> RawTables:
+    users, items_, pos, order = [], [], [], {}
+    with open(_require(folder / "user_sequence.txt", name), encoding="utf-8") as fh:
+        for line in fh:
+            tokens = line.split()
+            if not tokens:
+                continue
+            uid, seq = tokens[0], tokens[1:]
+            users.extend([uid] * len(seq))
+            items_.extend(seq)
+            pos.extend(range(len(seq)))
+            for asin in seq:
+                order.setdefault(asin, len(order) + 1)  # S3-Rec/P5 numbering: first appearance, from 1
+    interactions = pd.DataFrame({"user_id": users, "item_id": items_, "timestamp": pos})
+    items = pd.DataFrame({"item_id": list(order), "p5_id": list(order.values())})
+    text_file = folder / "item_text.json"
+    if text_file.exists():
+        texts = _load_json(text_file)
+        assert isinstance(texts, dict)
+        items["text"] = items["p5_id"].map(lambda i: texts.get(str(i), ""))
+    else:
+        items["text"] = ""
+    return RawTables(interactions=interactions, items=items[["item_id", "text", "p5_id"]])
+
+
+def _read_local(paths: list[Path]) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        kind = LOCAL_FORMATS[p.suffix.lower()]
+        try:
+            if kind == "parquet":
+                frames.append(pd.read_parquet(p))
+            elif kind == "csv":
+                frames.append(pd.read_csv(p, dtype=str, keep_default_na=True))
+            else:
+                frames.append(pd.read_json(p, lines=True, dtype=False))
+        except ValueError as exc:
+            raise PipelineError(
+                f"{p.name} could not be parsed as {kind}: {str(exc).splitlines()[0]}; the file looks truncated "
+                "or corrupt.",
+                "repair or re-export the file at its source and fetch again.",
+            ) from None
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _as_id(col: pd.Series) -> pd.Series:
+    """Source ids as strings, keeping missing values missing (1.0 -> '1', NaN -> <NA>)."""
+    if pd.api.types.is_float_dtype(col):
+        whole = col.dropna()
+        if (whole == whole.round()).all():
+            col = col.astype("Int64")
+    out = col.astype("string")
+    return out.where(col.notna(), pd.NA)
+
+
+def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
+    def files(what: str) -> list[Path]:
+        single = folder / f"{what}.parquet"
+        if single.exists():
+            return [single]
+        found = sorted((folder / what).glob("*")) if (folder / what).exists() else []
+        if not found:
+            raise PipelineError(f"{folder / what} has no snapshot files.", f"run `semid data fetch {name}`.")
+        return found
+
+    inter = _read_local(files("interactions"))
+    items = _read_local(files("items"))
+    needed_inter = [local.user_col, local.item_col] + ([local.timestamp_col] if local.timestamp_col else [])
+    for table, frame, cols in (
+        ("interactions", inter, needed_inter),
+        ("items", items, [local.item_col, *local.text_cols]),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise PipelineError(
+                f"missing column(s) {missing} in the {table} table (found {list(frame.columns)}).",
+                "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
+            )
+    out_inter = pd.DataFrame({"user_id": inter[local.user_col], "item_id": inter[local.item_col]})
+    if local.timestamp_col:
+        ts = inter[local.timestamp_col]
+        out_inter["timestamp"] = ts if pd.api.types.is_numeric_dtype(ts) else pd.to_numeric(ts, errors="coerce")
+        # event logs arrive in any order; a user's history is ordered by time (stable for ties)
+        out_inter = out_inter.sort_values("timestamp", kind="stable", na_position="first")
+        first = {u: i for i, u in enumerate(pd.unique(out_inter["user_id"]))}
+        out_inter = out_inter.sort_values("user_id", key=lambda c: c.map(first), kind="stable")
+    else:
+        out_inter["timestamp"] = inter.groupby(local.user_col, sort=False).cumcount()
+    extra = [c for c in items.columns if c not in (local.item_col,)]
+    text = items[local.text_cols].astype("string").fillna("")
+    out_items = pd.DataFrame({"item_id": items[local.item_col]})
+    out_items["text"] = text.apply(lambda r: ";".join(p for p in r if p and p.strip()), axis=1).astype(str)
+    for c in extra:
+        if c not in out_items.columns:
+            out_items[c] = items[c]
+    return RawTables(interactions=out_inter, items=out_items)
+
+
+def parse(name: str, cfg: Config) -> RawTables:
+    """Read data/raw/NAME into raw tables keyed by source ids (no validation here)."""
+    spec = get_spec(name, cfg)
+    folder = layout.raw_dir(cfg, name)
+    if not folder.exists():
+        raise PipelineError(f"No snapshot of '{name}' at {folder}.", f"run `semid data fetch {name}` first.")
+    if spec.format == "atomic":
+        raw = _parse_atomic(folder, name)
+    elif spec.format == "lcrec":
+        raw = _parse_lcrec(folder, name)
+    elif spec.format == "sequence":
+        raw = _parse_sequence(folder, name)
+    else:
+        assert cfg.data.local is not None
+        raw = _parse_local(folder, cfg.data.local, name)
+    for table, cols in ((raw.interactions, ("user_id", "item_id")), (raw.items, ("item_id",))):
+        for col in cols:
+            if col in table:
+                table[col] = _as_id(table[col])
+    if raw.users is not None:
+        raw.users["user_id"] = _as_id(raw.users["user_id"])
+    raw.items["text"] = raw.items["text"].fillna("").astype(str)
+    return raw
+
+
+# ----------------------------------------------------------------------------- Great Expectations
 
 
 @dataclass
@@ -196,32 +407,21 @@ def canonicalize(raw: RawTables) -> dict[str, pd.DataFrame]:
     return out
 
 
-def raw_hash(cfg: Config, name: str) -> str:
-    """One sha256 over the raw snapshot's files (names + contents): the data version a run used."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for rel, sha in snapshot_files(cfg, name).items():
-        h.update(rel.encode())
-        h.update(sha.encode())
-    return h.hexdigest()
-
-
 def validate(name: str, cfg: Config) -> dict[str, Any]:
     """Parse + validate data/raw/NAME; write data/processed/NAME on success. Returns stats."""
     spec = get_spec(name, cfg)
     try:
         raw = parse(name, cfg)
     except PipelineError as err:
-        qdir = quarantine(cfg, name, {"success": False, "parse_error": str(err)}, str(err))
+        qdir = layout.quarantine(cfg, name, {"success": False, "parse_error": str(err)}, str(err))
         raise PipelineError(
             f"{err.problem} (raw batch quarantined in {qdir}; data/processed/{name} was not changed)", err.fix
         ) from None
-    with staged_dir(Path(cfg.data.root) / "processed" / name) as staging:
+    with staged_dir(layout.processed_dir(cfg, name)) as staging:
         outcome = run_expectations(raw, cfg, spec.has_text, staging / "data_docs")
         if not outcome.success:
             report = {"success": False, "failures": outcome.failures, "results": outcome.result_json}
-            stamp_dir = quarantine(cfg, name, report, "")
+            stamp_dir = layout.quarantine(cfg, name, report, "")
             msg = _describe(outcome.failures, name, stamp_dir)
             (stamp_dir / "report.txt").write_text(msg + "\n")
             raise PipelineError(msg)
@@ -235,15 +435,8 @@ def validate(name: str, cfg: Config) -> dict[str, Any]:
             "items": int(len(tables["items"])),
             "interactions": int(len(inter)),
             "text_coverage": float((tables["items"]["text"].str.len() > 0).mean()),
-            "raw_sha256": raw_hash(cfg, name),
+            "raw_sha256": layout.raw_hash(cfg, name),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         (staging / "gx_result.json").write_text(json.dumps(outcome.result_json, indent=2, default=str))
     return stats
-
-
-def load_processed(cfg: Config, name: str) -> dict[str, pd.DataFrame]:
-    folder = Path(cfg.data.root) / "processed" / name
-    if not (folder / "items.parquet").exists():
-        raise PipelineError(f"No processed data for '{name}' in {folder}.", f"run `semid data validate {name}`.")
-    return {p.stem: pd.read_parquet(p) for p in folder.glob("*.parquet")}

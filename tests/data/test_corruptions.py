@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import ingest, validate
-from tasks.config import load_config
-from tasks.errors import PipelineError
+from semid.tasks import ingest, validate
+from semid.tasks.config import load_config
+from semid.tasks.errors import PipelineError
 from tests.conftest import local_params, tiny_tables
 
 

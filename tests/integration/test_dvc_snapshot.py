@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
+from semid.cli import app
 from tests.conftest import local_params, tiny_tables
 
 

@@ -20,7 +20,7 @@ def _client(root: Path) -> MlflowClient:
 
 
 def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
-    from flows.retrain import GateFailed, retrain
+    from semid.flows.retrain import GateFailed, retrain
 
     sets = shop_params(tmp_path, emb_cache)
     summary = retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
@@ -55,8 +55,8 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     top = rec.predict(__import__("pandas").DataFrame({"history": [["i1", "i2", "i3"]], "k": [5]}))
     assert len(top["recommendations"][0]) == 5
     # `semid evaluate` rebuilds the saved model and gets the same test metrics as training did
-    from tasks.config import load_config
-    from tasks.recommend import reevaluate
+    from semid.tasks.config import load_config
+    from semid.tasks.recommend import reevaluate
 
     again = reevaluate("shop", load_config(None, sets))
     trained = summary["recommender"]["metrics"]
@@ -74,21 +74,21 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
 
 
 def test_rerun_after_recommender_crash_resumes_from_cache(tmp_path, emb_cache, monkeypatch):
-    import tasks.recommend
-    from flows.retrain import retrain
+    import semid.tasks.recommend
+    from semid.flows.retrain import retrain
 
     sets = shop_params(tmp_path, emb_cache)
-    real = tasks.recommend.recommend
+    real = semid.tasks.recommend.recommend
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in the recommender step")
 
-    monkeypatch.setattr(tasks.recommend, "recommend", boom)
+    monkeypatch.setattr(semid.tasks.recommend, "recommend", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
-    monkeypatch.setattr(tasks.recommend, "recommend", real)
+    monkeypatch.setattr(semid.tasks.recommend, "recommend", real)
     summary = retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
-    earlier = ("ingest", "validate", "embed", "quantize", "diagnose", "register-codebook")
+    earlier = ("ingest", "validate", "embed", "quantize", "diagnose", "register-codebook", "gate-codebook")
     executed = [s for s in earlier if summary["steps"][s] != "Cached"]
     assert executed == [], f"steps re-executed after the crash: {summary['steps']}"
     assert summary["recommender"]["promoted"]
@@ -97,9 +97,10 @@ def test_rerun_after_recommender_crash_resumes_from_cache(tmp_path, emb_cache, m
 
 
 def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
-    from tasks.config import load_config
-    from tasks.gate import GateReport
-    from tasks.register import CodebookModel, client_for, log_and_register, promote
+    from semid.tasks.config import load_config
+    from semid.tasks.gate import GateReport
+    from semid.tasks.serving import CodebookModel
+    from semid.tasks.tracking import client_for, log_and_register, promote
 
     sets = shop_params(tmp_path, emb_cache)
     cfg = load_config(None, sets)
@@ -118,7 +119,7 @@ def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
     def decide_factory(value: float):
         def decide(champion):
             rep = GateReport("codebook")
-            from tasks.gate import Check
+            from semid.tasks.gate import Check
 
             floor = champion["l0_k_eff"] if champion else 0.0
             rep.checks.append(Check("k_eff", value, floor, floor or None, value >= floor, ">= champion"))
@@ -145,7 +146,7 @@ def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
 
 
 def test_two_flow_runs_racing_end_with_one_champion(tmp_path, emb_cache):
-    from flows.retrain import GateFailed, retrain
+    from semid.flows.retrain import GateFailed, retrain
 
     store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     runs = [shop_params(tmp_path / f"run{i}", emb_cache, **{"quantizer.seed": i, "mlflow.tracking_uri": store,

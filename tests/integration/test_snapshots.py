@@ -44,7 +44,7 @@ def _office_snapshots(mirror, n_users: int = 150) -> list[tuple[pd.DataFrame, pd
 
 
 def test_three_snapshots_incremental_then_refit(tmp_path, emb_cache, shared_mirror):
-    from flows.retrain import GateFailed, retrain
+    from semid.flows.retrain import GateFailed, retrain
 
     src = tmp_path / "exports"
     src.mkdir()

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from tasks.config import load_config
-from tasks.embed import check_vectors, encode_texts
-from tasks.errors import PipelineError
+from semid.tasks.config import load_config
+from semid.tasks.embed import check_vectors, encode_texts
+from semid.tasks.errors import PipelineError
 
 
 def test_cache_skips_unchanged_texts(tmp_path):

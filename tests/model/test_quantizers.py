@@ -3,12 +3,17 @@
 import numpy as np
 import pytest
 
-from models import build_quantizer
-from models.quantizer import Quantizer, QuantizerInputError
-from tasks.config import QuantizerConfig
-from tasks.quantize import fit_and_encode
+from semid.models.params import QuantizerParams
+from semid.models.quantizer import Quantizer, QuantizerInputError
+from semid.models.quantizer import build_quantizer as _build
+from semid.models.semantic_ids import fit_and_encode
 
 SMALL = {"epochs": 8, "hidden": [32], "dim": 8, "kmeans_iters": 15, "batch_size": 128}
+
+
+def build_quantizer(method, levels, k, distances, seed=0, **params):
+    return _build(QuantizerParams(method=method, levels=levels, codebook_size=k, distances=distances, seed=seed,
+                                  **params))
 
 
 def clustered(n_clusters=40, per=10, dim=16, seed=0):
@@ -62,7 +67,7 @@ def test_rqvae_dead_codes_are_revived():
 @pytest.mark.parametrize("collision", ["reassign", "dedup_level"])
 def test_final_ids_unique(collision):
     x = clustered(n_clusters=20, per=20)
-    qcfg = QuantizerConfig(method="rqkmeans", levels=2, codebook_size=16, distances=["cosine", "euclidean"],
+    qcfg = QuantizerParams(method="rqkmeans", levels=2, codebook_size=16, distances=["cosine", "euclidean"],
                            collision=collision, kmeans_iters=10)
     out = fit_and_encode(x, qcfg)
     assert out["final_duplicate_rate"] == 0.0

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.dtn import DTN, FieldEmbedding, build_ranker, multitask_loss
-from models.sasrec import ItemTable, SASRec
-from tasks.config import RankerConfig, RecommendConfig
-from tasks.rank import RankData, fit_ranker, make_ranker, task_aucs
-from tasks.recommend import Split, build_model, evaluate, fit
+from semid.models.dtn import DTN, FieldEmbedding, build_ranker, multitask_loss
+from semid.models.params import QuantizerParams, RankerParams, RecommendParams
+from semid.models.ranking import RankData, make_ranker, task_aucs, train_ranker
+from semid.models.sasrec import ItemTable, SASRec
+from semid.models.seqrec import Split, build_recommender, evaluate, train
 
 
 def _cycle_sequences(n_users=120, n_items=30, length=12, seed=0):
@@ -41,7 +41,7 @@ def test_unified_item_vector_is_codeword_sum_plus_id():
     scaled = ItemTable(3, "unified", id_dim=8, codes=codes, codebooks=codebooks, id_scale=4.0)
     table, _ = scaled()
     assert torch.allclose(table[1:, 64:], 4.0 * scaled.ids.weight)  # only the ID part is scaled
-    assert build_model(5, RecommendConfig(item_repr="id", unified_id_scale=4.0)).items.id_scale == 1.0
+    assert build_recommender(5, RecommendParams(item_repr="id", unified_id_scale=4.0)).items.id_scale == 1.0
     assert torch.allclose(table[1, :64], codebooks[0][0] + codebooks[1][1])
     sem, _ = ItemTable(3, "semantic", codes=codes, codebooks=codebooks)()
     assert sem.shape == (4, 64)
@@ -52,13 +52,13 @@ def test_unified_item_vector_is_codeword_sum_plus_id():
 @pytest.mark.parametrize("loss", ["ce", "bce"])
 def test_sasrec_learns_a_predictable_sequence_and_is_deterministic(loss):
     seqs = _cycle_sequences()
-    rc = RecommendConfig(item_repr="id", id_dim=32, loss=loss, epochs=15, patience=15, dropout=0.1, lr=5e-3,
+    rc = RecommendParams(item_repr="id", id_dim=32, loss=loss, epochs=15, patience=15, dropout=0.1, lr=5e-3,
                          max_len=10, negatives=10, layers=1)
     split = Split(seqs, 30, rc.negatives, 0)
     runs = []
     for _ in range(2):
-        model = build_model(30, rc)
-        summary = fit(model, split, rc)
+        model = build_recommender(30, rc)
+        summary = train(model, split, rc)
         runs.append(evaluate(model, split, "test", rc.max_len))
     assert runs[0] == runs[1]  # same seed, same data -> identical metrics
     assert summary["best_epoch"] >= 0
@@ -75,11 +75,11 @@ def test_semantic_sasrec_trains_on_codes():
         levels = 2
         codebooks = [0.1 * torch.randn(8, 16), 0.1 * torch.randn(8, 16)]
 
-    rc = RecommendConfig(item_repr="unified", unified_id_dim=8, epochs=15, patience=15, dropout=0.1, lr=1e-2,
+    rc = RecommendParams(item_repr="unified", unified_id_dim=8, epochs=15, patience=15, dropout=0.1, lr=1e-2,
                          max_len=10, negatives=10, layers=1, heads=2)
-    model = build_model(30, rc, codes, Codebook())
+    model = build_recommender(30, rc, codes, Codebook())
     assert model.items.dim == 24
-    fit(model, Split(seqs, 30, 10, 0), rc)
+    train(model, Split(seqs, 30, 10, 0), rc)
     assert evaluate(model, Split(seqs, 30, 10, 0), "test", 10)["full"]["recall@10"] > 0.6
 
 
@@ -100,9 +100,9 @@ def _synthetic_ranking(n=3000, seed=0) -> RankData:
 @pytest.mark.parametrize("kind", ["dtn", "mmoe", "shared-bottom"])
 def test_rankers_learn_both_tasks(kind):
     data = _synthetic_ranking()
-    rc = RankerConfig(model=kind, epochs=6, patience=6, batch_size=256, lr=3e-3, embed_dim=8, module_dim=16)
+    rc = RankerParams(model=kind, epochs=6, patience=6, batch_size=256, lr=3e-3, embed_dim=8, module_dim=16)
     model = make_ranker(data, rc)
-    fit_ranker(model, data, rc)
+    train_ranker(model, data, rc)
     aucs = task_aucs(model, data, "test")
     assert aucs["interact"] > 0.85 and aucs["like"] > 0.9
 
@@ -117,19 +117,19 @@ def test_training_is_bit_exact_under_a_seed():
     same-seed runs differed in the last bits after one epoch (and by .0004 test NDCG@10 on ml-100k)."""
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 400, 40) for _ in range(300)]
-    rc = RecommendConfig(item_repr="id", id_dim=32, epochs=2, patience=5, max_len=40, negatives=10, layers=1,
+    rc = RecommendParams(item_repr="id", id_dim=32, epochs=2, patience=5, max_len=40, negatives=10, layers=1,
                          batch_size=128)
     split = Split(seqs, 400, rc.negatives, 0)
     sasrec = []
     for _ in range(2):  # build, then fit: build_model seeds the init and the dropout stream
-        sasrec.append(build_model(400, rc))
-        fit(sasrec[-1], split, rc)
+        sasrec.append(build_recommender(400, rc))
+        train(sasrec[-1], split, rc)
     assert _weights_equal(*sasrec)
-    data, rk = _synthetic_ranking(), RankerConfig(model="dtn", epochs=2, patience=2, batch_size=256, embed_dim=8)
+    data, rk = _synthetic_ranking(), RankerParams(model="dtn", epochs=2, patience=2, batch_size=256, embed_dim=8)
     dtn = []
     for _ in range(2):
         dtn.append(make_ranker(data, rk))
-        fit_ranker(dtn[-1], data, rk)
+        train_ranker(dtn[-1], data, rk)
     assert _weights_equal(*dtn)
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
 
@@ -154,13 +154,15 @@ def test_masked_rows_do_not_count():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.zeros(2), torch.ones(2)) + \
         torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([-5.0]), torch.zeros(1))
     assert torch.isclose(with_mask, expected)
-    with pytest.raises(ValueError, match="ranker model"):
-        build_ranker("ple", fields=None, tasks=2, embed_dim=4, module_dim=8, tower_dims=[8], dropout=0.0)
+    with pytest.raises(ValueError, match="ranker.model"):
+        RankerParams(model="ple")
+    with pytest.raises(ValueError, match="unknown ranker 'ple'"):
+        build_ranker(RankerParams().model_construct(model="ple"), fields=None, tasks=2)
 
 
 def test_ali_ccp_sample_smoke_run(shared_mirror, tmp_path):
-    from tasks.config import load_config
-    from tasks.rank import rank
+    from semid.tasks.config import load_config
+    from semid.tasks.rank import rank
 
     cfg = load_config(None, [f"data.root={tmp_path}", f"data.mirror={shared_mirror}", "ranker.epochs=2"])
     out = rank("ali-ccp-sample", cfg)
@@ -170,18 +172,19 @@ def test_ali_ccp_sample_smoke_run(shared_mirror, tmp_path):
 
 
 def test_joint_rqvae_inside_sasrec_trains_end_to_end():
-    from models.rqvae import RQVAE
+    from semid.models.rqvae import RQVAE
 
     rng = np.random.default_rng(0)
     text = rng.normal(size=(30, 24)).astype(np.float32)
-    quantizer = RQVAE(2, 8, ["cosine", "euclidean"], seed=0, hidden=[16], dim=8, epochs=3, batch_size=16).fit(text)
-    rc = RecommendConfig(item_repr="unified", joint=True, unified_id_dim=8, epochs=3, patience=3, dropout=0.1,
+    quantizer = RQVAE(QuantizerParams(method="rqvae", levels=2, codebook_size=8, distances=["cosine", "euclidean"],
+                                      hidden=[16], dim=8, epochs=3, batch_size=16)).fit(text)
+    rc = RecommendParams(item_repr="unified", joint=True, unified_id_dim=8, epochs=3, patience=3, dropout=0.1,
                          max_len=10, negatives=10, layers=1, heads=2)
     codes = quantizer.encode(text)
-    model = build_model(30, rc, codes, quantizer, text)
+    model = build_recommender(30, rc, codes, quantizer, text)
     assert model.items.joint is not None and model.items.dim == 16
     before = [p.detach().clone() for p in model.items.joint.encoder.parameters()]
-    summary = fit(model, Split(_cycle_sequences(), 30, 10, 0), rc)
+    summary = train(model, Split(_cycle_sequences(), 30, 10, 0), rc)
     assert summary["epochs"] == 3
     after = list(model.items.joint.encoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the tokenizer was trained

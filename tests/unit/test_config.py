@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError, load_config
+from semid.tasks.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import diagnostics as d
-from models.collisions import dedup_level, duplicate_rate, reassign, resolve
+from semid.models import diagnostics as d
+from semid.models.collisions import dedup_level, duplicate_rate, reassign, resolve
 
 
 def test_uniform_well_separated_codebook_has_k_eff_k():
@@ -106,7 +106,7 @@ def test_reassign_falls_back_when_prefix_overfull():
 
 
 def test_extend_ids_keeps_known_ids_and_places_new_items():
-    from models.collisions import duplicate_rate, extend_ids
+    from semid.models.collisions import duplicate_rate, extend_ids
 
     codes = np.array([[0, 1], [0, 2], [0, 1], [1, 0]])  # item 2 (new) lands on item 0's ID
     known = np.array([[0, 1], [0, 2], [0, 0], [0, 0]])

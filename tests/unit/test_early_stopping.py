@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.early_stopping import EarlyStopper
+from semid.models.training import EarlyStopper
 
 
 def test_stops_after_patience_and_restores_best():

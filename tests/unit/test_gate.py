@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.config import GateConfig
-from tasks.gate import gate_codebook, gate_recommender, id_churn
+from semid.tasks.config import GateConfig
+from semid.tasks.gate import gate_codebook, gate_recommender, id_churn
 
 
 def _diag(k_eff=(120.0, 100.0), active=(1.0, 0.95), dup=0.02, mse=0.001):
@@ -20,7 +20,7 @@ def test_thresholds_pass_and_fail():
     bad = gate_codebook(_diag(k_eff=(120.0, 50.0), dup=0.08), g)
     assert not bad.passed
     assert {c.name for c in bad.checks if not c.passed} == {"k_eff_ratio_l1", "duplicate_rate"}
-    assert "duplicate_rate = 0.08" in bad.explanation()
+    assert "duplicate_rate = 0.08" in bad.summary()
     md = bad.markdown()
     assert md.count("**FAIL**") == 2 and "| duplicate_rate | 0.08 | 0.05 |" in md
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.metrics import auc, rank_metrics, sample_negatives, target_ranks
+from semid.models.metrics import auc, rank_metrics, sample_negatives, target_ranks
 
 
 def test_ranks_ties_count_against_the_target():

@@ -6,8 +6,8 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from tasks import ingest
-from tasks.config import load_config
+from semid.tasks import ingest, layout, validate
+from semid.tasks.config import load_config
 from tests.conftest import local_params, tiny_tables
 
 
@@ -17,7 +17,7 @@ def _cfg(tmp_path, *sets):
 
 def test_atomic_movielens_layout(tmp_path):
     cfg = _cfg(tmp_path)
-    raw = ingest.raw_dir(cfg, "ml-100k")
+    raw = layout.raw_dir(cfg, "ml-100k")
     raw.mkdir(parents=True)
     (raw / "ml-100k.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t2\t4\t300\n7\t1\t5\t100\n9\t1\t3\t200\n"
@@ -29,7 +29,7 @@ def test_atomic_movielens_layout(tmp_path):
     (raw / "ml-100k.user").write_text(
         "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n7\t24\tM\twriter\t1\n9\t30\tF\tother\t2\n"
     )
-    t = ingest.parse("ml-100k", cfg)
+    t = validate.parse("ml-100k", cfg)
     assert t.items["text"].tolist() == ["Toy Story (1995); Animation, Comedy", "Heat; Action"]
     # a user's events come out in time order, users in order of first appearance
     assert t.interactions[["user_id", "item_id"]].values.tolist() == [["7", "1"], ["7", "2"], ["9", "1"]]
@@ -39,7 +39,7 @@ def test_atomic_movielens_layout(tmp_path):
 
 def test_lcrec_json(tmp_path):
     cfg = _cfg(tmp_path)
-    raw = ingest.raw_dir(cfg, "amazon-office")
+    raw = layout.raw_dir(cfg, "amazon-office")
     raw.mkdir(parents=True)
     (raw / "Office.inter.json").write_text(json.dumps({"0": [1, 0], "1": [0]}))
     (raw / "Office.item.json").write_text(
@@ -50,18 +50,18 @@ def test_lcrec_json(tmp_path):
             }
         )
     )
-    t = ingest.parse("amazon-office", cfg)
+    t = validate.parse("amazon-office", cfg)
     assert t.items["text"].tolist() == ["Pen;Bic;Office,Pens", ""]  # no title -> no usable text
     assert t.interactions.values.tolist() == [["0", "1", 0], ["0", "0", 1], ["1", "0", 0]]
 
 
 def test_sequence_with_text(tmp_path):
     cfg = _cfg(tmp_path)
-    raw = ingest.raw_dir(cfg, "amazon-beauty")
+    raw = layout.raw_dir(cfg, "amazon-beauty")
     raw.mkdir(parents=True)
     (raw / "user_sequence.txt").write_text("U1 B1 0123456789\nU2 0123456789 B3\n")
     (raw / "item_text.json").write_text(json.dumps({"1": "Lipstick;9.0;Brand", "2": "Book", "3": "Soap"}))
-    t = ingest.parse("amazon-beauty", cfg)
+    t = validate.parse("amazon-beauty", cfg)
     # P5 numbering = first appearance from 1; numeric ASINs stay strings
     assert t.items[["item_id", "p5_id", "text"]].values.tolist() == [
         ["B1", 1, "Lipstick;9.0;Brand"], ["0123456789", 2, "Book"], ["B3", 3, "Soap"]]
@@ -81,7 +81,7 @@ def test_local_files(tmp_path, fmt):
     write(inter.iloc[::-1].iloc[10:], src / f"events-2.{fmt}")
     cfg = load_config(None, local_params(tmp_path / "data", str(src / f"items.{fmt}"), str(src / f"events-*.{fmt}")))
     ingest.fetch("shop", cfg)
-    t = ingest.parse("shop", cfg)
+    t = validate.parse("shop", cfg)
     assert len(t.interactions) == len(inter) and len(t.items) == len(items)
     assert t.items["text"].iloc[0] == "item number 0;b0"
     u0 = t.interactions[t.interactions["user_id"] == "u0"]
@@ -113,13 +113,13 @@ def test_local_sql(tmp_path, db):
     ]
     cfg = load_config(None, sets)
     ingest.fetch("shop", cfg)
-    t = ingest.parse("shop", cfg)
+    t = validate.parse("shop", cfg)
     assert len(t.interactions) == len(inter)
     assert sorted(t.items["item_id"]) == sorted(items["sku"])
 
 
 def test_canonical_ids_are_stable(tmp_path):
-    from tasks.validate import canonicalize
+    from semid.tasks.validate import canonicalize
 
     items, inter = tiny_tables()
     src = tmp_path / "src"
@@ -128,8 +128,8 @@ def test_canonical_ids_are_stable(tmp_path):
     inter.to_parquet(src / "events.parquet")
     cfg = load_config(None, local_params(tmp_path / "data", str(src / "items.parquet"), str(src / "events.parquet")))
     ingest.fetch("shop", cfg)
-    a = canonicalize(ingest.parse("shop", cfg))
-    b = canonicalize(ingest.parse("shop", cfg))
+    a = canonicalize(validate.parse("shop", cfg))
+    b = canonicalize(validate.parse("shop", cfg))
     for key in a:
         pd.testing.assert_frame_equal(a[key], b[key])
     assert a["item_map"]["source_id"].tolist() == items["sku"].tolist()

