@@ -6,11 +6,11 @@ equals these defaults), and each model takes its parameter object as is: no unty
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from semid.models.registry import QUANTIZERS, RANKERS, RECOMMENDERS
+from semid.models.registry import KINDS
 
 Distance = Literal["cosine", "euclidean"]
 
@@ -21,16 +21,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _registered(value: str, table: dict[str, str], key: str) -> str:
-    if value not in table:
-        raise ValueError(f"unknown {key} '{value}': use one of {', '.join(table)}")
-    return value
+def registered(kind: str) -> type[str]:
+    """A str type that must be a name models.registry knows for `kind`."""
+
+    def check(value: str) -> str:
+        if value not in KINDS[kind]:
+            raise ValueError(f"unknown {kind} '{value}': use one of {', '.join(KINDS[kind])}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
 
 
 class QuantizerParams(Strict):
     """A residual quantizer (RQ-KMeans, RQ-VAE or DRQ) and how its IDs are made unique."""
 
-    method: str = "rqvae"  # a name from models.registry.QUANTIZERS
+    method: registered("quantizer") = "rqvae"
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
     dim: int = Field(64, ge=2)  # latent size (RQ-VAE, DRQ)
@@ -50,11 +55,6 @@ class QuantizerParams(Strict):
     cooccurrence_window: int = Field(3, ge=1)
     collision: Literal["dedup_level", "reassign"] = "reassign"
     seed: int = 0
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        return _registered(v, QUANTIZERS, "quantizer.method")
 
     @model_validator(mode="after")
     def _distances_match_levels(self) -> QuantizerParams:
@@ -82,7 +82,7 @@ class DiagnoseParams(Strict):
 class RecommendParams(Strict):
     """A sequential recommender trained on the promoted codebook's semantic IDs, and its training."""
 
-    model: str = "sasrec"  # a name from models.registry.RECOMMENDERS
+    model: registered("recommender") = "sasrec"
     item_repr: Literal["id", "semantic", "unified"] = "unified"
     joint: bool = False  # train the RQ-VAE inside the recommender (rec + reconstruction + commitment loss)
     loss: Literal["ce", "bce"] = "ce"
@@ -105,16 +105,11 @@ class RecommendParams(Strict):
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = 0
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        return _registered(v, RECOMMENDERS, "recommend.model")
-
 
 class RankerParams(Strict):
     """A multi-task ranker (DTN / MMoE / shared-bottom) on two tasks, and its training."""
 
-    model: str = "dtn"  # a name from models.registry.RANKERS
+    model: registered("ranker") = "dtn"
     embed_dim: int = Field(8, ge=2)
     module_dim: int = Field(32, ge=4)
     experts: int = Field(4, ge=1)  # MMoE experts
@@ -129,8 +124,3 @@ class RankerParams(Strict):
     epochs: int = Field(30, ge=1)
     patience: int = Field(3, ge=1)
     seed: int = 0
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        return _registered(v, RANKERS, "ranker.model")

@@ -1,4 +1,5 @@
-"""`dvc repro` on a fresh copy of the project (small local slice): runs, then a second run is a no-op."""
+"""`dvc repro` on a fresh copy of the project (small local slice): runs, a second run is a no-op, an edit to
+models/ code reruns the stages that import it; metrics, params diff and experiments work."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_dvc_repro_twice_is_noop(tmp_path):
+def dvc_project(tmp_path: Path):
+    """A git copy of the project (no tests/benchmarks) on a tiny local dataset with fast settings."""
     work = tmp_path / "proj"
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for rel in files.split():
@@ -49,6 +51,11 @@ def test_dvc_repro_twice_is_noop(tmp_path):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "commit", "-qm", "init"]):
         _sh(cmd, work, env)
+    return work, env, _sh
+
+
+def test_dvc_repro_twice_is_noop(tmp_path):
+    work, env, _ = dvc_project(tmp_path)
     first = _sh(["dvc", "repro"], work, env)
     for stage in ("ingest", "validate", "embed", "quantize", "diagnose", "gate", "train"):
         assert f"Running stage '{stage}'" in first
@@ -56,6 +63,19 @@ def test_dvc_repro_twice_is_noop(tmp_path):
     second = _sh(["dvc", "repro"], work, env)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
+    # an edit to models/ code reruns exactly the stages whose step imports it (dvc.yaml's code deps) ...
+    diagnostics = work / "models" / "diagnostics.py"
+    diagnostics.write_text(diagnostics.read_text() + "\n# an edit to the diagnostics code\n")
+    out = _sh(["dvc", "repro"], work, env)
+    assert "Running stage 'diagnose'" in out
+    assert not any(f"Running stage '{s}'" in out for s in ("ingest", "validate", "embed", "quantize")), out
+    # ... and an edit to the quantizer code reruns quantize and every stage that loads a quantizer
+    quantizer = work / "models" / "quantizer.py"
+    quantizer.write_text(quantizer.read_text().replace("seed=seed + level)", "seed=seed + level + 1)"))
+    out = _sh(["dvc", "repro"], work, env)
+    for stage in ("quantize", "diagnose", "train"):
+        assert f"Running stage '{stage}'" in out, out
+    assert not any(f"Running stage '{s}'" in out for s in ("ingest", "validate", "embed")), out
     metrics = _sh(["dvc", "metrics", "show"], work, env)
     assert "l0_k_eff" in metrics and "duplicate_rate" in metrics and "test_full_masked_ndcg@10" in metrics
     params_diff = _sh(["dvc", "params", "diff", "--all"], work, env)

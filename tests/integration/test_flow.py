@@ -45,6 +45,11 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     # the registered codebook answers embeddings -> semantic IDs
     mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/semid-codebook@champion")
+    code = Path(mlflow.artifacts.download_artifacts("models:/semid-codebook@champion")) / "code"
+    shipped = {str(p.relative_to(code)) for p in code.rglob("*.py")}
+    assert "semid/tasks/serving.py" in shipped and "semid/models/quantizer.py" in shipped
+    assert {f for f in shipped if not f.startswith("semid/models/")} == {"semid/tasks/__init__.py",
+                                                                         "semid/tasks/serving.py"}
     import numpy as np
 
     emb = np.load(tmp_path / "data" / "features" / "shop" / "embeddings.npy")
