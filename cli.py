@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,17 @@ from semid.tasks import layout
 from semid.tasks.config import Config, ConfigError, load_config
 from semid.tasks.errors import PipelineError
 
-console = Console()
+
+def _console() -> Console:
+    """Rich console. Outside a terminal (a pipe, `| tee`, a CI log) rich would assume 80 columns and cut table
+    cells to `l…`; there it gets a width that fits every table (COLUMNS still wins when set)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=OFFLINE_WIDTH)
+
+
+OFFLINE_WIDTH = 200
+console = _console()
 app = typer.Typer(
     help="Retraining pipeline for semantic-ID recommenders.", no_args_is_help=True, pretty_exceptions_show_locals=False
 )
@@ -28,6 +39,8 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="params.yaml to 
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override one key, e.g. --set quantizer.levels=4.")
 ]
+TrainedOpt = Annotated[str, typer.Option("--model", help="the model trained with `semid train --model`")]
+UntilOpt = Annotated[str, typer.Option(help="last step: ingest | validate | embed | quantize | diagnose")]
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -259,7 +272,7 @@ def train(
 @friendly
 def evaluate(
     name: str,
-    model: Annotated[str, typer.Option(help="the model trained with `semid train --model`")] = "sasrec",
+    model: TrainedOpt = "sasrec",
     config: ConfigOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -390,6 +403,24 @@ def print_run_summary(summary: dict[str, Any]) -> None:
         console.print(f"semid-recommender version {rec['version']}: "
                       f"{'champion' if rec['promoted'] else 'not promoted'} (champion before: "
                       f"{rec['champion_before']}); gate: {rec['explanation']}")
+
+
+@app.command("prepare")
+@friendly
+def prepare(
+    name: str,
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    until: UntilOpt = "diagnose",
+) -> None:
+    """Run the data steps for NAME up to --until, reusing every output that is up to date (the flow's cache)."""
+    _quiet_libraries()
+    sets = list(set_ or []) + [f"data.dataset={name}"]
+    _cfg(config, sets)  # fail early on a bad config
+    from semid.flows.retrain import prepare as prepare_flow
+
+    out = prepare_flow(config=str(config), overrides=sets, until=until)
+    console.print(f"{name}: " + ", ".join(f"{k} {v.lower()} {out['seconds'][k]:.0f}s" for k, v in out["steps"].items()))
 
 
 @app.command("schedule")

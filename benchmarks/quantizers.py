@@ -1,8 +1,8 @@
 """Quantizer benchmark: every method x dataset with diagnostics, the RQ-VAE distance ablation, RQ-KMeans vs
 faiss.ResidualQuantizer, and embedding throughput vs bare SentenceTransformer.encode (ratios, same run).
 
-Writes benchmarks/results/quantizers.json (flat records) and quantizers.md. Needs the datasets fetched +
-validated (`semid data fetch/validate NAME`); embeddings are computed (and cached) as needed.
+Writes benchmarks/results/quantizers.json (flat records) and quantizers.md. Sets its datasets up itself
+(benchmarks/prepare.py: fetch + validate, reusing what is up to date); embeddings are computed (and cached).
 
     python benchmarks/quantizers.py [--datasets ml-100k amazon-scientific ...] [--epochs 200]
 """
@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.prepare import prepare_dataset  # noqa: E402
 from semid.models.diagnostics import report  # noqa: E402
 from semid.models.semantic_ids import fit_and_encode  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
@@ -139,6 +140,7 @@ def main() -> None:
         records = [r for r in old if not drop(r)]
     if args.only_throughput:
         for name in args.datasets:
+            prepare_dataset(name, "validate")
             texts = load_processed(base, name)["items"].sort_values("item_id")["text"].tolist()
             records.append(throughput_comparison(name, texts[: args.throughput_texts], base.embed.batch_size))
             print("  ", records[-1])
@@ -146,11 +148,8 @@ def main() -> None:
         return
     runs = [("rqvae", HYB), ("rqvae", COS3), ("rqvae", EUC3), ("rqkmeans", HYB), ("drq", HYB)]
     for name in args.datasets:
-        try:
-            x = embed_dataset(base, name)
-        except Exception as exc:  # noqa: BLE001 - a missing dataset is skipped and said so
-            print(f"skip {name}: {exc}")
-            continue
+        prepare_dataset(name, "validate")
+        x = embed_dataset(base, name)
         print(f"{name}: {x.shape}")
         sweep = [("rqvae", HYB, b) for b in (0.25, 0.5, 2.0) if b != base.quantizer.beta] \
             if name in args.beta_sweep else []

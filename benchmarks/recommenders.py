@@ -2,8 +2,9 @@
 unmasked and history-masked, and 1 + 99 sampled negatives), and DTN vs MMoE vs shared-bottom AUC per task on
 ml-100k (mean +- std over seeds).
 
-Writes benchmarks/results/recommenders.json (flat records, machine + date) and recommenders.md. Needs the
-datasets fetched + validated; semantic IDs are fitted with the params.yaml quantizer when missing.
+Writes benchmarks/results/recommenders.json (flat records, machine + date) and recommenders.md. Sets its
+datasets up itself (benchmarks/prepare.py: fetch, validate, embed, quantize with params.yaml, reusing what is up
+to date).
 
     python benchmarks/recommenders.py [--datasets amazon-scientific amazon-office] [--seeds 0 1 2]
 """
@@ -23,10 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.prepare import prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
-from semid.tasks.layout import semantic_dir  # noqa: E402
-from semid.tasks.quantize import quantize  # noqa: E402
 from semid.tasks.rank import rank  # noqa: E402
 from semid.tasks.recommend import recommend  # noqa: E402
 
@@ -43,8 +43,6 @@ def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> l
     for item_repr in reprs:
         cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml",
                           [f"recommend.item_repr={item_repr}", f"recommend.seed={seed}", *sets])
-        if item_repr != "id" and not (semantic_dir(cfg, name) / "ids.parquet").exists():
-            quantize(name, cfg)
         out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec",
                         on_epoch=lambda r: print(f"    epoch {r['epoch']}: {r}", flush=True))
         m = out["metrics"]
@@ -88,6 +86,7 @@ def ranker_records(seeds: list[int], models: list[str], sets: list[str], variant
     """One AUC record per model and seed; `variant` labels a non-default setting (e.g. a parameter-matched MMoE)
     so its records sit beside, not over, the default ones."""
     rows = []
+    prepare_dataset("ml-100k", "quantize", sets)  # the rankers read the item's semantic-ID codes
     for model in models:
         for seed in seeds:
             cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml",
@@ -242,6 +241,7 @@ def main() -> None:
         fresh = set(args.datasets) | ({"ml-100k"} if args.rankers else set())
         records = [r for r in json.loads((OUT / "recommenders.json").read_text()) if r["dataset"] not in fresh]
     for name in args.datasets:
+        prepare_dataset(name, "validate" if set(args.reprs) == {"id"} else "quantize", args.sets)
         job = None
         if args.recbole_python and name in args.recbole_datasets:
             job = (start_recbole(args.recbole_python, name, args.recbole_epochs, OUT / f"recbole-{name}.json"),

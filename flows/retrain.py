@@ -225,3 +225,22 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     except BaseException:
         tracker.end(tracker.parent, False)
         raise
+
+
+DATA_STEPS = (ingest_task, validate_task, embed_task, quantize_task, diagnose_task)
+
+
+@flow(name="semid-prepare")
+def prepare(config: str = "params.yaml", overrides: list[str] | None = None, until: str = "diagnose") -> dict:
+    """The data steps only, ingest -> validate -> embed -> quantize -> diagnose, up to `until`, cached exactly as in
+    the retrain flow: every output that is up to date is reused. Benchmarks call it before reading a dataset."""
+    cfg = load_config(config, overrides)
+    names = [t.name for t in DATA_STEPS]
+    if until not in names:
+        from semid.tasks.errors import PipelineError
+
+        raise PipelineError(f"Unknown step '{until}'.", f"use one of {', '.join(names)}.")
+    run = Steps(cfg)
+    for step in DATA_STEPS[: names.index(until) + 1]:
+        run(step.with_options(retries=cfg.flow.retries) if step is ingest_task else step)
+    return {"dataset": cfg.data.dataset, "steps": run.states, "seconds": run.seconds}

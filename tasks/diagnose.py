@@ -1,5 +1,6 @@
 """Diagnose step: the codebook diagnostics report (models.diagnostics) of the fitted quantizer on the item
-embeddings, written as diagnostics.json, a flat metrics.json (DVC/MLflow) and PNG plots."""
+embeddings, written as diagnostics.json, a flat metrics.json (every number, for MLflow), summary.json (the
+headline numbers, for `dvc metrics show`) and PNG plots."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from semid.models.semantic_ids import code_columns
 from semid.tasks import layout
 from semid.tasks.config import Config
 from semid.tasks.errors import PipelineError
+
+
+def headline(diag: dict[str, Any]) -> dict[str, float]:
+    """K_eff per level (Monte-Carlo kernel) and the duplicate rate before collision resolution."""
+    return {**{f"K_eff_l{lv['level']}": round(lv["k_eff"], 2) for lv in diag["levels"]},
+            "dup_rate": round(diag["ids"]["duplicate_rate"], 5)}
 
 
 def plot(diag: dict[str, Any], codes: np.ndarray, folder: Path) -> list[Path]:
@@ -65,5 +72,6 @@ def diagnose(name: str, cfg: Config) -> dict[str, Any]:
     diag["dataset"] = name
     (folder / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
     (folder / "metrics.json").write_text(json.dumps(flat_metrics(diag), indent=2) + "\n")
+    (folder / "summary.json").write_text(json.dumps(headline(diag), indent=2) + "\n")
     plot(diag, np.load(folder / "codes.npy"), folder)
     return diag

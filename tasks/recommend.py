@@ -1,8 +1,9 @@
 """Recommend step: load the processed interactions (and the codebook), train the configured sequential
 recommender with early stopping, evaluate it on every protocol, write data/recommend/NAME/.
 
-Outputs: model.safetensors, recommender.json (what to rebuild it from + results), metrics.json (flat, for
-DVC/MLflow), history.json (per epoch, for `dvc plots`).
+Outputs: model.safetensors, recommender.json (what to rebuild it from + results), metrics.json (every number,
+flat, for MLflow), summary.json (test Recall/NDCG@10 on the configured protocol, history masked by default, and
+NDCG@10 unmasked, for `dvc metrics show`), history.json (per epoch, for `dvc plots`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | 
             "users": len(split.seqs), "dim": model.items.dim, "params": sum(x.numel() for x in model.parameters()),
             "config": p.model_dump(mode="json"), "codebook": None if codebook is None else str(codebook),
             "monitor": summary["monitor"], "best_valid": summary["best_valid"], "results": results}
+    protocol = "full_masked" if p.mask_history else "full"  # the configured protocol; unmasked NDCG beside it
+    headline = {"R@10": round(metrics[f"test_{protocol}_recall@10"], 5),
+                "N@10": round(metrics[f"test_{protocol}_ndcg@10"], 5),
+                "N@10_unmasked": round(metrics["test_full_ndcg@10"], 5)}
     layout.write_model_dir(out or layout.recommend_dir(cfg, name), model.state_dict(),
-                           {"recommender.json": info, "metrics.json": metrics, "history.json": summary["history"]})
+                           {"recommender.json": info, "metrics.json": metrics, "summary.json": headline,
+                            "history.json": summary["history"]})
     return {**info, "metrics": metrics}
 
 
