@@ -408,19 +408,22 @@ def print_run_summary(summary: dict[str, Any]) -> None:
 @app.command("prepare")
 @friendly
 def prepare(
-    name: str,
+    names: Annotated[list[str], typer.Argument(help="One or more datasets.")],
     config: ConfigOpt = Path("params.yaml"),
     set_: SetOpt = None,
     until: UntilOpt = "diagnose",
 ) -> None:
-    """Run the data steps for NAME up to --until, reusing every output that is up to date (the flow's cache)."""
+    """Run the data steps for each dataset up to --until, reusing every output that is up to date (the flow's
+    cache): what a benchmark or a notebook needs before it reads data/."""
     _quiet_libraries()
-    sets = list(set_ or []) + [f"data.dataset={name}"]
-    _cfg(config, sets)  # fail early on a bad config
     from semid.flows.retrain import prepare as prepare_flow
 
-    out = prepare_flow(config=str(config), overrides=sets, until=until)
-    console.print(f"{name}: " + ", ".join(f"{k} {v.lower()} {out['seconds'][k]:.0f}s" for k, v in out["steps"].items()))
+    for name in names:
+        sets = list(set_ or []) + [f"data.dataset={name}"]
+        _cfg(config, sets)  # fail early on a bad config
+        out = prepare_flow(config=str(config), overrides=sets, until=until)
+        console.print(f"{name}: " + ", ".join(f"{k} {v.lower()} {out['seconds'][k]:.0f}s"
+                                              for k, v in out["steps"].items()))
 
 
 @app.command("schedule")
