@@ -67,10 +67,12 @@ class DRQ(RQVAE):
                                              p.kmeans_iters, self.seed)
 
 
-def cooccurrence_pairs(sequences: list[list[int]], window: int) -> np.ndarray:
-    """Unique (a, b) item pairs, a != b, that appear within `window` positions in some sequence."""
+def cooccurrence_pairs(sequences: list[list[int]], window: int, holdout: int = 2) -> np.ndarray:
+    """Unique (a, b) item pairs, a != b, within `window` positions of each other in the *training prefix* of some
+    sequence: all but its last `holdout` items, which leave-one-out keeps as validation and test targets."""
     out = set()
-    for seq in sequences:
+    for full in sequences:
+        seq = full[: max(len(full) - holdout, 0)]
         for i, a in enumerate(seq):
             for b in seq[i + 1:i + 1 + window]:
                 if a != b:

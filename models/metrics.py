@@ -1,7 +1,9 @@
 """Ranking and classification metrics: target ranks from score matrices, HR/Recall, NDCG, MRR, AUC, negatives.
 
 Ties are broken pessimistically: the target is ranked after every other item with the same score, so a
-model that scores everything equal gets the worst rank, never a lucky one. Ranks are 0-based.
+model that scores everything equal gets the worst rank, never a lucky one. NaN is pessimistic too: a NaN score
+ranks a target last and an AUC positive lowest (a negative highest), so a broken model scores worst, never
+best. Ranks are 0-based.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
     """
     scores = scores.float()
     target_score = scores.gather(1, targets[:, None])
-    beats = scores >= target_score  # ties count against the target
+    beats = (scores >= target_score) | scores.isnan() | target_score.isnan()  # ties and NaN count against it
     beats.scatter_(1, targets[:, None], False)
     if exclude is not None:
         beats &= ~exclude
@@ -46,6 +48,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC by the Mann-Whitney statistic with average ranks for ties (0.5 for a tied pair)."""
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), np.where(labels, -np.inf, np.inf), scores)  # NaN: the worst place
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both positive and negative labels")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from semid.models.determinism import deterministic
 from semid.models.kmeans import assign, kmeans
 from semid.models.params import QuantizerParams
 
@@ -95,7 +96,8 @@ class Quantizer(ABC):
         t = check_input(x, None, min_rows=self.codebook_size)
         self.input_dim = t.shape[1]
         torch.manual_seed(self.seed)
-        self._fit(t)
+        with deterministic():  # bit-exact under a seed, in any process
+            self._fit(t)
         return self
 
     def encode(self, x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -7,6 +7,7 @@ loss and its validation score. Training runs under torch's deterministic algorit
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,6 +16,10 @@ import torch
 from torch import nn
 
 from semid.models.determinism import deterministic
+
+
+class NonFiniteTraining(ValueError):
+    """The loss or the validation score became NaN or infinite: the run is broken and is stopped."""
 
 
 class EarlyStopper:
@@ -48,7 +53,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, pati
 
     batches(gen) yields one epoch of batches, loss(batch, gen) is a batch's loss, validate() returns
     (score to maximise, numbers for the history row). One generator seeded with `seed` drives every random draw.
-    Returns best epoch, epochs run, best score, mean training seconds per epoch and the per-epoch history."""
+    Returns best epoch, epochs run, best score, mean training seconds per epoch and the per-epoch history.
+    Raises NonFiniteTraining as soon as a batch loss or a validation score is NaN or infinite."""
     gen = torch.Generator().manual_seed(seed)
     stopper, history, train_seconds = EarlyStopper(patience), [], 0.0
     for epoch in range(epochs):
@@ -56,6 +62,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, pati
         start, total, count = time.perf_counter(), 0.0, 0
         for batch in batches(gen):
             value = loss(batch, gen)
+            if not torch.isfinite(value.detach()):
+                raise NonFiniteTraining(f"the training loss is {float(value.detach())} at epoch {epoch}, batch {count}")
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
@@ -63,6 +71,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, pati
         seconds = time.perf_counter() - start
         train_seconds += seconds
         score, numbers = validate()
+        if not math.isfinite(score):
+            raise NonFiniteTraining(f"the validation score is {score} at epoch {epoch}")
         row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, **numbers}
         history.append(row)
         if on_epoch:

@@ -15,6 +15,7 @@ import pandas as pd
 from semid.models.params import RankerParams
 from semid.models.ranking import RankData, aucs_on_test, frame_tasks, make_ranker, movielens_tasks, train_ranker
 from semid.models.semantic_ids import load_codebook
+from semid.models.training import NonFiniteTraining
 from semid.tasks import layout
 from semid.tasks.config import Config
 from semid.tasks.errors import PipelineError
@@ -50,7 +51,11 @@ def rank(name: str, cfg: Config, codebook: Path | None = None) -> dict[str, Any]
     rc = cfg.ranker
     data = rank_data(name, cfg, rc, codebook)
     model = make_ranker(data, rc)
-    summary = train_ranker(model, data, rc)
+    try:
+        summary = train_ranker(model, data, rc)
+    except NonFiniteTraining as err:
+        raise PipelineError(f"Training the {rc.model} ranker on {name} diverged: {err}; nothing was saved.",
+                            "lower ranker.lr or check the input features for NaN.") from None
     metrics = {**aucs_on_test(model, data), "seconds_per_epoch": summary["seconds_per_epoch"],
                "epochs": summary["epochs"]}
     info = {"dataset": name, "model": rc.model, "tasks": data.tasks, "fields": data.cat_fields + data.bag_fields

@@ -16,6 +16,7 @@ from semid.models.params import RecommendParams
 from semid.models.semantic_ids import load_codebook
 from semid.models.seqrec import NotEnoughHistory, Split, build_recommender, evaluate_all, flat_results, sequences
 from semid.models.seqrec import train as train_recommender
+from semid.models.training import NonFiniteTraining
 from semid.tasks import layout
 from semid.tasks.config import Config
 from semid.tasks.errors import PipelineError
@@ -55,7 +56,11 @@ def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | 
     tables, n_items, parts = _load(name, cfg, p, codebook)
     split = _split(tables, n_items, p)
     model = build_recommender(n_items, p, *parts)
-    summary = train_recommender(model, split, p, on_epoch)
+    try:
+        summary = train_recommender(model, split, p, on_epoch)
+    except NonFiniteTraining as err:
+        raise PipelineError(f"Training the recommender on {name} diverged: {err}; nothing was saved.",
+                            "lower recommend.lr or check the inputs (item embeddings, codebook) for NaN.") from None
     results = evaluate_all(model, split, p)
     metrics = {**flat_results(results), "seconds_per_epoch": summary["seconds_per_epoch"],
                "epochs": summary["epochs"], "best_epoch": summary["best_epoch"]}

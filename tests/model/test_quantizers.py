@@ -90,3 +90,56 @@ def test_bad_inputs_are_explained():
         q.encode(x[:, :15])
     with pytest.raises(QuantizerInputError, match="2-d"):
         q.encode(x[0])
+
+
+FIT_IN_A_PROCESS = """
+import hashlib, sys
+import numpy as np
+from semid.models.params import QuantizerParams
+from semid.models.quantizer import build_quantizer
+x = np.random.default_rng(0).normal(size=(400, 16)).astype(np.float32)
+p = QuantizerParams(method=sys.argv[1], levels=3, codebook_size=16, hidden=[32], dim=8, epochs=8, kmeans_iters=15,
+                    batch_size=128, seed=3)
+q = build_quantizer(p).fit(x)
+print(hashlib.sha256(q.encode(x).tobytes() + b"".join(cb.numpy().tobytes() for cb in q.codebooks)).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("method", ["rqvae", "drq"])
+def test_fit_is_bit_exact_across_processes(method):
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", FIT_IN_A_PROCESS, method], capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+    assert len(runs[0]) == 64 and runs[0] == runs[1]
+
+
+def test_drq_pairs_come_from_training_prefixes_only(tmp_path, monkeypatch):
+    """The last two items of each sequence are its validation and test targets: no pair may contain them."""
+    from semid.models.drq import cooccurrence_pairs
+
+    assert cooccurrence_pairs([[1, 2, 3, 4, 5]], window=1).tolist() == [[1, 2], [2, 3]]
+    assert cooccurrence_pairs([[1, 2]], window=3).tolist() == []
+    import pandas as pd
+
+    import semid.tasks.quantize as step
+    from semid.tasks.config import load_config
+
+    cfg = load_config(None, [f"data.root={tmp_path}", "quantizer.method=drq", "quantizer.contrastive_weight=0.1",
+                             "quantizer.cooccurrence_window=10"])
+    inter = pd.DataFrame({"user_id": [0] * 5 + [1] * 4, "item_id": [0, 1, 2, 3, 4, 5, 6, 7, 8],
+                          "position": [0, 1, 2, 3, 4, 0, 1, 2, 3]})
+    monkeypatch.setattr(step.layout, "load_embeddings", lambda cfg, name: np.zeros((9, 4), np.float32))
+    monkeypatch.setattr(step.layout, "load_processed", lambda cfg, name: {"interactions": inter})
+    seen = {}
+
+    def capture(x, params, pairs):
+        seen["pairs"] = pairs
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(step, "fit_and_encode", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        step.quantize("shop", cfg)
+    used = {i for pair in seen["pairs"].tolist() for i in pair}
+    assert used == {0, 1, 2, 5, 6} and not used & {3, 4, 7, 8}

@@ -80,3 +80,22 @@ def test_negative_sampler_never_draws_history_and_is_reproducible():
         assert len(set(row)) == 99 and row.min() >= 0 and row.max() < 200
     with pytest.raises(ValueError, match="cannot draw 99"):
         sample_negatives([np.arange(150)], 200, n=99, first_item=0)
+
+
+def test_nan_scores_rank_the_target_last():
+    """A NaN target score used to rank first (`x >= NaN` is False): NDCG@10 = 1.0 for a broken model."""
+    nan = float("nan")
+    scores = torch.tensor([[0.1, nan, 0.3, 0.2], [nan, nan, nan, nan], [0.9, 0.1, nan, 0.5]])
+    ranks = target_ranks(scores, torch.tensor([1, 0, 0]))
+    assert ranks.tolist() == [3, 3, 1]  # NaN target: last; all NaN: last; a NaN rival counts against the target
+    assert rank_metrics(target_ranks(torch.full((4, 20), nan), torch.tensor([0, 1, 2, 3])))["ndcg@10"] == 0.0
+    exclude = torch.tensor([[False, False, True, False]])  # a masked NaN item is not ranked
+    assert target_ranks(torch.tensor([[0.5, 0.1, nan, 0.2]]), torch.tensor([0]), exclude).tolist() == [0]
+
+
+def test_nan_scores_are_the_worst_place_for_auc():
+    nan = float("nan")
+    # positives 0.9 and NaN, negatives 0.1 and NaN: NaN positive ranks lowest, NaN negative highest
+    # pairs (pos, neg): (0.9, 0.1) won, (0.9, NaN) lost, (NaN, 0.1) lost, (NaN, NaN) lost -> 1 / 4
+    assert auc(np.array([1, 1, 0, 0]), np.array([0.9, nan, 0.1, nan])) == pytest.approx(0.25)
+    assert auc(np.array([1, 0, 1, 0]), np.full(4, nan)) == 0.0
