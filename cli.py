@@ -204,7 +204,8 @@ def gate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = None
     for col in ("check", "value", "rule", "result"):
         table.add_column(col)
     for c in report.checks:
-        table.add_row(c.name, f"{c.value:.4g}", c.rule, "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+        table.add_row(c.name, "-" if c.value is None else f"{c.value:.4g}", c.rule,
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
     console.print(table)
     if not report.passed:
         raise PipelineError(report.summary(),

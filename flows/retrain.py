@@ -98,11 +98,12 @@ def register_codebook_task(name: str, config_json: str, tags: dict[str, str], pa
 
 @task(name="gate-codebook", retries=2, retry_delay_seconds=2, **CACHED)
 def gate_codebook_task(name: str, config_json: str, registered: dict[str, Any], diag: dict[str, Any],
-                       tags: dict[str, str], parent: str) -> dict[str, Any]:
+                       extended: bool, tags: dict[str, str], parent: str) -> dict[str, Any]:
     from semid.tasks.gate import gate_codebook_version
 
     cfg = _cfg(config_json)
-    return _recorded("gate-codebook", cfg, name, gate_codebook_version(name, cfg, registered, diag, tags, parent))
+    out = gate_codebook_version(name, cfg, registered, diag, extended, tags, parent)
+    return _recorded("gate-codebook", cfg, name, {**out, "run_id": registered["run_id"]})
 
 
 @task(name="recommend")
@@ -120,12 +121,13 @@ def register_recommender_task(name: str, config_json: str, metrics: dict[str, An
     return register_recommender(name, _cfg(config_json), metrics, Path(codebook), tags, parent)
 
 
-@task(name="gate-recommender", retries=2, retry_delay_seconds=2)
-def gate_recommender_task(name: str, config_json: str, registered: dict[str, Any], metrics: dict[str, Any],
-                          tags: dict[str, str], parent: str) -> dict[str, Any]:
-    from semid.tasks.gate import gate_recommender_version
+@task(name="promote-pair", retries=2, retry_delay_seconds=2)
+def promote_pair_task(name: str, config_json: str, codebook: dict[str, Any], diag: dict[str, Any],
+                      registered: dict[str, Any], metrics: dict[str, Any], tags: dict[str, str],
+                      parent: str) -> dict[str, Any]:
+    from semid.tasks.gate import promote_pair
 
-    return gate_recommender_version(name, _cfg(config_json), registered, metrics, tags, parent)
+    return promote_pair(name, _cfg(config_json), codebook, diag, registered, metrics, tags, parent)
 
 
 class Steps:
@@ -171,7 +173,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     """Run the whole pipeline once on the configured dataset; fails (state Failed) when a gate fails."""
     from semid.models.diagnostics import flat_metrics
     from semid.tasks.gate import refit_reason
-    from semid.tasks.tracking import Tracker, git_sha, load_champion
+    from semid.tasks.tracking import Tracker, git_sha, load_champion, model_name
 
     cfg = load_config(config, overrides)
     name, run = cfg.data.dataset, Steps(cfg)
@@ -187,7 +189,8 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
         manifest = run(embed_task)
         run.log("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
         tracker.log_inputs(cfg, layout.processed_dir(cfg, name) / "data_docs", layout.root(cfg) / "config.json")
-        champion = load_champion(cfg, cfg.mlflow.codebook_model) if cfg.flow.mode == "incremental" else None
+        champion = (load_champion(cfg, model_name(cfg, "codebook", name), dataset=name)
+                    if cfg.flow.mode == "incremental" else None)
         refit = None
         if champion is not None:  # incremental: keep the champion's IDs, refit only if the thresholds fail
             run.log("extend", "quantizer", run(extend_task, champion=champion))
@@ -202,21 +205,24 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
         run.log("diagnose", "diagnose", flat_metrics(diag),
                 (sem / "diagnostics.json", sem / "code_usage.png", sem / "k_eff.png"))
         registered = run(register_codebook_task, tags=tags, parent=tracker.parent)
-        codebook = run(gate_codebook_task, registered=registered, diag=diag, tags=tags, parent=tracker.parent)
+        codebook = run(gate_codebook_task, registered=registered, diag=diag,
+                       extended=champion is not None and not refit, tags=tags, parent=tracker.parent)
         summary = {"dataset": name, "mode": cfg.flow.mode, "steps": run.states, "codebook": {**codebook,
                    "refit_reason": refit}, "diagnostics": diag, "mlflow_run_id": tracker.parent, "recommender": None}
-        if not codebook["promoted"]:
+        if not codebook["passed"]:
             raise run.fail(codebook["explanation"])
-        if cfg.flow.train_recommender:
+        if cfg.flow.train_recommender:  # the codebook waits as the challenger; the pair moves together or not
             rec = run(recommend_task, codebook=str(sem))
             run.log("recommend", "recommend", rec["metrics"], (layout.recommend_dir(cfg, name) / "history.json",))
             registered = run(register_recommender_task, metrics=rec["metrics"], codebook=str(sem), tags=tags,
                              parent=tracker.parent)
-            gated = run(gate_recommender_task, registered=registered, metrics=rec["metrics"], tags=tags,
-                        parent=tracker.parent)
-            summary["recommender"] = {**gated, "metrics": rec["metrics"]}
-            if not gated["promoted"]:
-                raise run.fail(gated["explanation"])
+            pair = run(promote_pair_task, codebook=codebook, diag=diag, registered=registered,
+                       metrics=rec["metrics"], tags=tags, parent=tracker.parent)
+            summary["recommender"] = {**pair, "metrics": rec["metrics"]}
+            summary["codebook"].update(promoted=pair["codebook_promoted"], gate=pair["codebook_gate"],
+                                       champion_before=pair["codebook_champion_before"])
+            if not pair["promoted"]:
+                raise run.fail(pair["explanation"])
         tracker.client.set_tag(tracker.parent, "gate", "passed")
         summary["seconds"] = dict(run.seconds)
         layout.write_run_summary(cfg, summary)

@@ -197,15 +197,14 @@ def still_valid(stage: Stage, cfg: Config, name: str, result: dict[str, Any]) ->
     if result.get("outputs") != outputs_digest(stage, cfg, name):
         return False
     if "mlflow" in stage.params and "version" in result:
-        from semid.tasks.tracking import client_for
+        from semid.tasks.tracking import client_for, model_name
 
         client, _ = client_for(cfg)
-        model = cfg.mlflow.codebook_model
         try:
-            mv = client.get_model_version(model, result["version"])
+            mv = client.get_model_version(model_name(cfg, "codebook", name), result["version"])
         except Exception:  # noqa: BLE001 - any lookup failure means: run again
             return False
-        if stage.task == "gate-codebook" and mv.tags.get("gate") != ("passed" if result["promoted"] else "failed"):
+        if stage.task == "gate-codebook" and mv.tags.get("gate") != ("passed" if result["passed"] else "failed"):
             return False
     return True
 

@@ -11,6 +11,7 @@ sigma = rho * median nearest-codeword distance of the level (rho -> 0 gives K_ef
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,7 @@ def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, pa
                    [r.numpy() for r in residuals], params.rho, params.mc_samples, params.seed)
     out["ids"]["pre_resolution"] = True
     out["recon_mse"] = float(np.mean((quantizer.decode(codes) - x) ** 2))
+    out["recon_mse_baseline"] = float(np.mean((x - x.mean(axis=0)) ** 2))  # predicting the catalogue mean
     out["final_ids"] = id_report(final_ids) if final_ids is not None else None
     out["method"] = quantizer.method
     out["distances"] = quantizer.distances
@@ -190,6 +192,8 @@ def flat_metrics(diag: dict[str, Any]) -> dict[str, float]:
     out["unique_coverage"] = float(diag["ids"]["unique_coverage"])
     out["max_items_per_id"] = float(diag["ids"]["max_items_per_id"])
     out["recon_mse"] = float(diag["recon_mse"])
+    out["recon_mse_baseline"] = float(diag["recon_mse_baseline"])
+    out["recon_ratio"] = out["recon_mse"] / out["recon_mse_baseline"] if out["recon_mse_baseline"] > 0 else math.nan
     if diag.get("final_ids"):
         out["final_duplicate_rate"] = float(diag["final_ids"]["duplicate_rate"])
     return out

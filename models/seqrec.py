@@ -150,12 +150,25 @@ def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: t
         yield inputs, targets
 
 
+class MostPopular:
+    """The most-popular baseline: every user gets the items ranked by how often they occur in the training
+    sequences (equal counts are ties, which count against the target like any tie)."""
+
+    def __init__(self, split: Split):
+        self.scores = torch.from_numpy(np.bincount(np.concatenate(split.train), minlength=split.n_items)).float()
+
+    def score(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores.expand(len(seq), -1)
+
+
 @torch.no_grad()
-def evaluate(model: SequentialRecommender, split: Split, which: str, max_len: int,
+def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
              batch_size: int = 1024) -> dict[str, dict]:
     """Metrics per protocol for the 'valid' or 'test' targets, batched matrix scoring."""
-    model.eval()
-    table, _ = model.items()
+    table = None
+    if isinstance(model, nn.Module):
+        model.eval()
+        table, _ = model.items()
     ranks: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
     inputs, targets = split.eval_inputs[which], torch.from_numpy(split.targets[which])
     for start in range(0, len(inputs), batch_size):
@@ -174,7 +187,8 @@ def evaluate(model: SequentialRecommender, split: Split, which: str, max_len: in
     return {p: rank_metrics(torch.cat(r)) for p, r in ranks.items() if r}
 
 
-def evaluate_all(model: SequentialRecommender, split: Split, p: RecommendParams) -> dict[str, dict[str, dict]]:
+def evaluate_all(model: SequentialRecommender | MostPopular, split: Split,
+                 p: RecommendParams) -> dict[str, dict[str, dict]]:
     """{'valid': {protocol: metrics}, 'test': {...}}."""
     return {which: evaluate(model, split, which, p.max_len, p.eval_batch_size) for which in ("valid", "test")}
 

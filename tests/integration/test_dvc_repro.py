@@ -43,7 +43,7 @@ def dvc_project(tmp_path: Path):
                                 "distances": ["cosine", "euclidean"], "kmeans_iters": 5})
     params["embed"]["cache_dir"] = str(tmp_path / "emb-cache")
     params["gate"].update({"min_k_eff_ratio": 0.0, "min_active_share": 0.0, "max_duplicate_rate": 0.9,
-                           "max_recon_mse": 1.0})
+                           "max_recon_ratio": 10.0, "min_lift_over_popularity": -1.0})
     params["recommend"].update({"epochs": 2, "patience": 1, "layers": 1, "negatives": 2})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "SEMID_NO_DVC"}

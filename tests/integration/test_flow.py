@@ -1,4 +1,5 @@
-"""The retrain flow end to end on a tiny local dataset: promotion, a failed gate, resume from cache, a race."""
+"""The retrain flow end to end on a tiny local dataset: pair promotion, failed gates that move nothing,
+per-dataset champions, resume from cache, racing runs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import mlflow
 from tests.integration.conftest import shop_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+CB, REC = "semid-codebook-shop", "semid-recommender-shop"  # the registry is scoped per dataset
 
 
 def _client(root: Path) -> MlflowClient:
@@ -26,10 +28,10 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     summary = retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
     assert summary["codebook"]["promoted"] and summary["recommender"]["promoted"]
     client = _client(tmp_path)
-    champ = client.get_model_version_by_alias("semid-codebook", "champion")
+    champ = client.get_model_version_by_alias(CB, "champion")
     assert str(champ.version) == "1" and champ.tags["gate"] == "passed"
     # every registered version traces to git sha, data hash and config
-    for model in ("semid-codebook", "semid-recommender"):
+    for model in (CB, REC):
         mv = client.get_model_version(model, "1")
         assert mv.tags["git_sha"] and mv.tags["data_hash"] and mv.tags["config_hash"]
         assert mv.tags["prefect_flow_run_id"]
@@ -44,8 +46,8 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     assert parent.data.tags["git_sha"] and "quantizer.levels" in parent.data.params
     # the registered codebook answers embeddings -> semantic IDs
     mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/semid-codebook@champion")
-    code = Path(mlflow.artifacts.download_artifacts("models:/semid-codebook@champion")) / "code"
+    model = mlflow.pyfunc.load_model(f"models:/{CB}@champion")
+    code = Path(mlflow.artifacts.download_artifacts(f"models:/{CB}@champion")) / "code"
     shipped = {str(p.relative_to(code)) for p in code.rglob("*.py")}
     assert "semid/tasks/serving.py" in shipped and "semid/models/quantizer.py" in shipped
     assert {f for f in shipped if not f.startswith("semid/models/")} == {"semid/tasks/__init__.py",
@@ -56,7 +58,7 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     out = model.predict(__import__("pandas").DataFrame({"embedding": list(emb[:3])}))
     assert list(out.columns[:1]) == ["semantic_id"] and len(out) == 3
     # the registered recommender answers a history of source item ids with top-k items
-    rec = mlflow.pyfunc.load_model("models:/semid-recommender@champion")
+    rec = mlflow.pyfunc.load_model(f"models:/{REC}@champion")
     top = rec.predict(__import__("pandas").DataFrame({"history": [["i1", "i2", "i3"]], "k": [5]}))
     assert len(top["recommendations"][0]) == 5
     # `semid evaluate` rebuilds the saved model and gets the same test metrics as training did
@@ -70,12 +72,59 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     worse = sets + ["quantizer.levels=1", "quantizer.codebook_size=2", "quantizer.distances=[euclidean]"]
     with pytest.raises(GateFailed, match="duplicate_rate"):
         retrain(config=str(tmp_path / "none.yaml"), overrides=worse)
-    assert str(client.get_model_version_by_alias("semid-codebook", "champion").version) == "1"
-    v2 = client.get_model_version("semid-codebook", "2")
+    assert str(client.get_model_version_by_alias(CB, "champion").version) == "1"
+    v2 = client.get_model_version(CB, "2")
     assert v2.tags["gate"] == "failed" and "duplicate_rate" in v2.tags["gate_reasons"]
     # the recommender was not trained on the rejected codebook
-    assert len(client.search_model_versions("name='semid-recommender'")) == 1
+    assert len(client.search_model_versions(f"name='{REC}'")) == 1
     assert (tmp_path / "data" / "semantic" / "shop" / "gate_codebook.md").read_text().count("FAIL") >= 1
+
+
+def test_a_failing_recommender_leaves_both_champions_unchanged(tmp_path, emb_cache):
+    """Pair promotion: the codebook candidate waits as the challenger; when the recommender trained on it fails
+    its gate, neither champion moves (on e86156b the codebook alias had already moved)."""
+    from semid.flows.retrain import GateFailed, retrain
+
+    sets = shop_params(tmp_path, emb_cache)
+    retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
+    client = _client(tmp_path)
+    with pytest.raises(GateFailed, match="ndcg@10_vs_champion"):  # a barely trained recommender
+        retrain(config=str(tmp_path / "none.yaml"),
+                overrides=sets + ["quantizer.seed=1", "gate.k_eff_tolerance=1.0", "gate.duplicate_tolerance=1.0",
+                                  "recommend.epochs=1", "recommend.lr=0.000001", "gate.ndcg_tolerance=0"])
+    assert str(client.get_model_version_by_alias(CB, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(REC, "champion").version) == "1"
+    v2 = client.get_model_version(CB, "2")
+    assert v2.tags["gate"] == "passed" and v2.tags["pair"].startswith("rejected") and "champion" not in v2.aliases
+    assert not client.get_registered_model(CB).aliases.get("challenger")
+    assert client.get_model_version(REC, "2").tags["gate"] == "failed"
+
+
+def test_datasets_are_gated_against_their_own_champions(tmp_path, emb_cache):
+    """Champions are per dataset: a second dataset is the first version of its own models, never compared with
+    (or encoded by) another dataset's champion."""
+    from semid.flows.retrain import retrain
+    from semid.tasks.config import load_config
+    from semid.tasks.errors import PipelineError
+    from semid.tasks.tracking import client_for, load_champion
+
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    retrain(config=str(tmp_path / "none.yaml"), overrides=shop_params(tmp_path / "a", emb_cache,
+                                                                      **{"mlflow.tracking_uri": store}))
+    other = shop_params(tmp_path / "b", emb_cache, n_items=48, **{"mlflow.tracking_uri": store,
+                                                                  "data.dataset": "shop2"})
+    summary = retrain(config=str(tmp_path / "none.yaml"), overrides=other)
+    assert summary["codebook"]["champion_before"] is None and summary["codebook"]["promoted"]
+    client = _client(tmp_path)
+    assert str(client.get_model_version_by_alias("semid-codebook-shop2", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(CB, "champion").version) == "1"
+    # a champion registered for another dataset is refused by incremental mode
+    cfg = load_config(None, other)
+    mlflow_client, _ = client_for(cfg)
+    mlflow_client.set_registered_model_alias("semid-codebook-shop2", "champion", "1")
+    mlflow_client.set_model_version_tag("semid-codebook-shop2", "1", "dataset", "shop")
+    with pytest.raises(PipelineError, match="registered for dataset 'shop', not 'shop2'"):
+        load_champion(cfg, "semid-codebook-shop2", dataset="shop2")
 
 
 def test_rerun_after_recommender_crash_resumes_from_cache(tmp_path, emb_cache, monkeypatch):
@@ -98,56 +147,7 @@ def test_rerun_after_recommender_crash_resumes_from_cache(tmp_path, emb_cache, m
     assert executed == [], f"steps re-executed after the crash: {summary['steps']}"
     assert summary["recommender"]["promoted"]
     # only one codebook version: the rerun reused the registration from the crashed run
-    assert len(_client(tmp_path).search_model_versions("name='semid-codebook'")) == 1
-
-
-def test_racing_promotions_leave_exactly_one_champion(tmp_path, emb_cache):
-    from semid.tasks.config import load_config
-    from semid.tasks.gate import GateReport
-    from semid.tasks.serving import CodebookModel
-    from semid.tasks.tracking import client_for, log_and_register, promote
-
-    sets = shop_params(tmp_path, emb_cache)
-    cfg = load_config(None, sets)
-    client, exp = client_for(cfg)
-    folder = tmp_path / "cb"
-    folder.mkdir()
-    (folder / "meta.json").write_text('{"encoder": "x"}')
-    versions = []
-    for i in range(2):
-        run = client.create_run(exp, run_name=f"candidate-{i}")
-        client.log_metric(run.info.run_id, "l0_k_eff", 10.0 + i)
-        versions.append(log_and_register(cfg, run.info.run_id, "race-model", CodebookModel(),
-                                         {"meta": str(folder / "meta.json")}, {"candidate": str(i)}))
-    barrier, results = threading.Barrier(2), {}
-
-    def decide_factory(value: float):
-        def decide(champion):
-            rep = GateReport("codebook")
-            from semid.tasks.gate import Check
-
-            floor = champion["l0_k_eff"] if champion else 0.0
-            rep.checks.append(Check("k_eff", value, floor, floor or None, value >= floor, ">= champion"))
-            return rep
-        return decide
-
-    def race(i: int) -> None:
-        barrier.wait()
-        results[i] = promote(cfg, "race-model", versions[i], decide_factory(10.0 + i))
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    mvs = client.search_model_versions("name='race-model'")
-    assert sorted(str(mv.version) for mv in mvs) == ["1", "2"]
-    holders = [v for v in versions if "champion" in client.get_model_version("race-model", v).aliases]
-    assert len(holders) == 1
-    # both outcomes are recorded on the versions
-    assert all(client.get_model_version("race-model", v).tags["gate"] in ("passed", "failed") for v in versions)
-    # the check ran against whatever champion was current inside the lock: the better candidate always wins
-    assert holders == [versions[1]]
+    assert len(_client(tmp_path).search_model_versions(f"name='{CB}'")) == 1
 
 
 def test_two_flow_runs_racing_end_with_one_champion(tmp_path, emb_cache):
@@ -172,8 +172,11 @@ def test_two_flow_runs_racing_end_with_one_champion(tmp_path, emb_cache):
     for t in threads:
         t.join(timeout=600)
     client = _client(tmp_path)
-    versions = sorted(str(mv.version) for mv in client.search_model_versions("name='semid-codebook'"))
+    versions = sorted(str(mv.version) for mv in client.search_model_versions(f"name='{CB}'"))
     assert versions == ["1", "2", "3"]
-    holders = [v for v in versions if "champion" in client.get_model_version("semid-codebook", v).aliases]
+    holders = [v for v in versions if "champion" in client.get_model_version(CB, v).aliases]
     assert len(holders) == 1
-    assert all(client.get_model_version("semid-codebook", v).tags["gate"] in ("passed", "failed") for v in versions)
+    # each decision was taken against the champion current under the lock: the later one saw the earlier winner
+    against = {v: client.get_model_version(CB, v).tags["champion_at_gate"] for v in ("2", "3")}
+    assert sorted(against.values()) in (["1", "1"], ["1", "2"], ["1", "3"]), against
+    assert all(client.get_model_version(CB, v).tags["gate"] in ("passed", "failed") for v in versions)

@@ -55,7 +55,7 @@ def test_three_snapshots_incremental_then_refit(tmp_path, emb_cache, shared_mirr
         "quantizer.method": "rqkmeans", "quantizer.levels": 3, "quantizer.codebook_size": 16,
         "quantizer.distances": "[cosine, cosine, euclidean]", "quantizer.kmeans_iters": 10, "diagnose.mc_samples": 8,
         "gate.min_k_eff_ratio": 0.0, "gate.min_active_share": 0.0, "gate.max_duplicate_rate": 0.95,
-        "gate.max_recon_mse": 1.0, "gate.duplicate_tolerance": 0.5, "gate.k_eff_tolerance": 0.9,
+        "gate.max_recon_ratio": 10.0, "gate.duplicate_tolerance": 0.5, "gate.k_eff_tolerance": 0.9,
         "flow.train_recommender": "false",
         "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
     })
