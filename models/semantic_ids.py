@@ -59,3 +59,24 @@ def extend(quantizer: Quantizer, x: np.ndarray, source_ids: np.ndarray, known_id
     ids, info = extend_ids(codes, known, fixed, last_level_cost(quantizer, residuals[-1]), collision,
                            search=lambda i, used: nearest_free_id(quantizer, residuals, codes[i], i, used))
     return codes, ids, info, fixed
+
+
+def assign_new(quantizer: Quantizer, x: np.ndarray, registered: np.ndarray) -> np.ndarray:
+    """IDs for new items next to a registered ID table [N, W] (W = levels, or levels + 1 with a counter level):
+    each new item gets its own code when no registered (or earlier new) item holds it, else the nearest free ID
+    (the counter's next free value with a counter level; else the cheapest free code of the last two levels)."""
+    codes, residuals = quantizer.encode_with_residuals(x)
+    levels, width = codes.shape[1], registered.shape[1]
+    used = {tuple(row) for row in registered.tolist()}
+    out = np.zeros((len(codes), width), dtype=np.int64)
+    for i, code in enumerate(codes):
+        if width > levels:  # counter level: the next free counter of this prefix
+            taken = {row[levels] for row in used if tuple(row[:levels]) == tuple(code.tolist())}
+            candidate = (*code.tolist(), next(c for c in range(len(taken) + 1) if c not in taken))
+        else:
+            candidate = tuple(code.tolist())
+            if candidate in used:
+                candidate = nearest_free_id(quantizer, residuals, code, i, used) or candidate
+        out[i] = candidate
+        used.add(tuple(int(v) for v in candidate))
+    return out

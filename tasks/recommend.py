@@ -85,7 +85,8 @@ def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | 
                 "N@10_unmasked": round(metrics["test_full_ndcg@10"], 5)}
     layout.write_model_dir(out or layout.recommend_dir(cfg, name), model.state_dict(),
                            {"recommender.json": info, "metrics.json": metrics, "summary.json": headline,
-                            "history.json": summary["history"]})
+                            "history.json": summary["history"],
+                            "popularity.json": MostPopular(split).scores.int().tolist()})  # serving's fallback
     return {**info, "metrics": metrics}
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from semid.tasks import layout
 from semid.tasks.config import Config
-from semid.tasks.serving import CodebookModel, RecommenderModel
 from semid.tasks.tracking import Tracker, log_and_register, model_name
 
 
@@ -28,9 +27,9 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
         tracker.artifacts(run_id, sem / f, "diagnostics")
     meta = sem / "codebook_meta.json"
     meta.write_text(json.dumps({"encoder": cfg.embed.model, "dataset": name}) + "\n")
-    version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), CodebookModel(),
-                               {"quantizer": str(sem / "quantizer"), "ids": str(sem / "ids.parquet"),
-                                "meta": str(meta)},
+    version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), "CodebookModel",
+                               {"codebook": str(sem), "meta": str(meta),
+                                "texts": str(layout.features_dir(cfg, name) / "manifest.json")},
                                {**tags, "encoder": cfg.embed.model, "dataset": name})
     return {"version": version, "run_id": run_id}
 
@@ -47,6 +46,6 @@ def register_recommender(name: str, cfg: Config, metrics: dict[str, Any], codebo
     artifacts = {"recommender": str(folder), "items": str(layout.processed_dir(cfg, name) / "items.parquet")}
     if cfg.recommend.item_repr != "id":
         artifacts["codebook"] = str(codebook)
-    version = log_and_register(cfg, run_id, model_name(cfg, "recommender", name), RecommenderModel(), artifacts,
+    version = log_and_register(cfg, run_id, model_name(cfg, "recommender", name), "RecommenderModel", artifacts,
                                {**tags, "dataset": name, "item_repr": cfg.recommend.item_repr})
     return {"version": version, "run_id": run_id}

@@ -1,14 +1,19 @@
 """The registered models' pyfunc classes: load the logged artefacts, call semid.models, answer requests.
 
-This module and semid/models/ are all the code a registered model ships (see tracking.serving_code): it imports
-nothing else of the project.
-- CodebookModel: DataFrame with `embedding` (list of floats) or `text` -> semantic IDs from the codebook.
-- RecommenderModel: DataFrame with `history` (list of source item ids, oldest first) and an optional `k` column
-  (default 10) -> top-k source item ids per row.
+This module and semid/models/ are all the code a registered model ships (tracking.serving_code), and the model
+is logged as code (MLflow models-from-code: a two-line file that builds the class below), so loading a champion
+runs this code and unpickles nothing; weights are safetensors, settings JSON.
+- CodebookModel: rows with `embedding` (floats) or `text`, optionally `source_id` -> semantic_id, code_0.., is_new.
+  A catalogue item (its source_id, or its exact text) gets the ID it was registered with, the one the
+  recommender was trained on; a new item gets the nearest ID no catalogue item holds.
+- RecommenderModel: rows with `history` (source item ids, oldest first), optional `k` (default 10) and
+  `mask_history` (default true) -> recommendations (top-k source ids, the history excluded), unknown (history
+  ids not in the catalogue, ignored), fallback ("most_popular" when no known history item is left, else "").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,39 +22,56 @@ import pandas as pd
 
 import mlflow
 
+DEFAULT_K = 10
+
 
 class CodebookModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with `embedding` (list of floats) or `text` -> semantic IDs from the codebook."""
+    """pyfunc: embedding/text (+ optional source_id) -> the registered semantic ID, or a free one marked new."""
 
     def load_context(self, context) -> None:
-        from semid.models.quantizer import Quantizer
+        from semid.models.semantic_ids import code_columns, load_codebook
 
-        self.quantizer = Quantizer.load(context.artifacts["quantizer"])
-        self.ids = pd.read_parquet(context.artifacts["ids"])
+        folder = Path(context.artifacts["codebook"])
+        self.quantizer, self.registered = load_codebook(folder)
+        self.ids = ids = pd.read_parquet(folder / "ids.parquet").sort_values("item_id")
+        self.columns = code_columns(ids)
+        self.by_source = dict(zip(ids["source_id"].astype(str), range(len(ids)), strict=True))
+        texts = json.loads(Path(context.artifacts["texts"]).read_text())["text_sha256"]  # per item, item order
+        self.by_text = {sha: row for row, sha in enumerate(texts[: len(ids)])}
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self._encoder = None
 
+    def _vectors(self, frame: pd.DataFrame) -> np.ndarray:
+        if "embedding" in frame:
+            return np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
+        if self._encoder is None:
+            from semid.models.encoder import load_encoder
+
+            self._encoder = load_encoder(self.meta["encoder"])
+        return self._encoder.encode(frame["text"].astype(str).tolist(), convert_to_numpy=True)
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from semid.models.semantic_ids import sid_strings
+        from semid.models.semantic_ids import assign_new, sid_strings
 
-        if "embedding" in model_input:
-            x = np.stack([np.asarray(v, dtype=np.float32) for v in model_input["embedding"]])
-        elif "text" in model_input:
-            if self._encoder is None:
-                from semid.models.encoder import load_encoder
-
-                self._encoder = load_encoder(self.meta["encoder"])
-            x = self._encoder.encode(model_input["text"].astype(str).tolist(), convert_to_numpy=True)
-        else:
-            raise ValueError("input needs an 'embedding' or a 'text' column")
-        codes = self.quantizer.encode(x)
-        return pd.DataFrame({"semantic_id": sid_strings(codes),
-                             **{f"code_{i}": codes[:, i] for i in range(codes.shape[1])}})
+        if "embedding" not in model_input and "text" not in model_input:
+            raise ValueError("input needs an 'embedding' or a 'text' column (and optionally 'source_id')")
+        rows = np.full(len(model_input), -1)
+        if "source_id" in model_input:
+            rows = np.array([self.by_source.get(str(s), -1) for s in model_input["source_id"]])
+        if "text" in model_input:
+            shas = [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in model_input["text"]]
+            rows = np.where(rows >= 0, rows, [self.by_text.get(sha, -1) for sha in shas])
+        ids = np.zeros((len(model_input), self.registered.shape[1]), dtype=np.int64)
+        known = rows >= 0
+        ids[known] = self.registered[rows[known]]
+        if (~known).any():
+            ids[~known] = assign_new(self.quantizer, self._vectors(model_input[~known]), self.registered)
+        return pd.DataFrame({"semantic_id": sid_strings(ids), **{c: ids[:, i] for i, c in enumerate(self.columns)},
+                             "is_new": ~known})
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with `history` (list of source item ids, oldest first) and an optional `k` column
-    (default 10) -> top-k source item ids per row."""
+    """pyfunc: history (+ k, mask_history) -> top-k source item ids, unknown ids, popularity fallback flag."""
 
     def load_context(self, context) -> None:
         import torch
@@ -59,30 +81,43 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         from semid.models.semantic_ids import load_codebook
         from semid.models.seqrec import build_recommender
 
-        info = json.loads(Path(context.artifacts["recommender"], "recommender.json").read_text())
+        folder = Path(context.artifacts["recommender"])
+        info = json.loads((folder / "recommender.json").read_text())
         p = RecommendParams.model_validate(info["config"])
         quantizer = codes = None
         if "codebook" in context.artifacts:
             quantizer, codes = load_codebook(Path(context.artifacts["codebook"]))
-        self.items = pd.read_parquet(context.artifacts["items"]).sort_values("item_id")
-        text = None
-        if p.joint and "embeddings" in context.artifacts:
-            text = np.load(context.artifacts["embeddings"])
+        items = pd.read_parquet(context.artifacts["items"]).sort_values("item_id")
+        text = np.load(context.artifacts["embeddings"]) if p.joint and "embeddings" in context.artifacts else None
         self.model = build_recommender(info["n_items"], p, codes, quantizer, text)
-        self.model.load_state_dict(load_file(str(Path(context.artifacts["recommender"], "model.safetensors"))))
+        self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
         self.model.eval()
-        self.max_len = p.max_len
-        self.index = dict(zip(self.items["source_id"].astype(str), self.items["item_id"], strict=True))
-        self.torch = torch
+        self.max_len, self.torch = p.max_len, torch
+        self.source = items["source_id"].astype(str).to_numpy()
+        self.index = dict(zip(self.source, items["item_id"], strict=True))
+        self.popularity = torch.tensor(json.loads((folder / "popularity.json").read_text()), dtype=torch.float32)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from semid.models.seqrec import pad
 
-        k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
-        seqs = [np.array([self.index[str(s)] for s in hist if str(s) in self.index], dtype=np.int64)
-                for hist in model_input["history"]]
-        seq, lengths = pad([s if len(s) else np.array([0]) for s in seqs], self.max_len)
-        scores = self.model.score(seq, lengths)
-        top = self.torch.topk(scores, k, dim=1).indices.numpy()
-        source = self.items["source_id"].astype(str).to_numpy()
-        return pd.DataFrame({"recommendations": [list(source[row]) for row in top]})
+        if "history" not in model_input:
+            raise ValueError("input needs a 'history' column: a list of source item ids per row")
+        histories = [list(h) if isinstance(h, list | tuple | np.ndarray) else [] for h in model_input["history"]]
+        ks = [int(k) if pd.notna(k) else DEFAULT_K for k in model_input.get("k", [DEFAULT_K] * len(histories))]
+        masks = [bool(m) for m in model_input.get("mask_history", [True] * len(histories))]
+        seqs = [np.array([self.index[str(s)] for s in h if str(s) in self.index], dtype=np.int64) for h in histories]
+        fallback = np.array([len(s) == 0 for s in seqs])
+        scores = self.popularity.expand(len(seqs), -1).clone()
+        if (~fallback).any():
+            rows = np.flatnonzero(~fallback)
+            seq, lengths = pad([seqs[i] for i in rows], self.max_len)
+            scores[rows] = self.model.score(seq, lengths)
+        for row, (s, mask) in enumerate(zip(seqs, masks, strict=True)):
+            if mask and len(s):
+                scores[row, s] = float("-inf")
+        top = self.torch.topk(scores, min(max(ks), scores.shape[1]), dim=1).indices.numpy()
+        return pd.DataFrame({
+            "recommendations": [list(self.source[row[:k]]) for row, k in zip(top, ks, strict=True)],
+            "unknown": [[str(x) for x in h if str(x) not in self.index] for h in histories],
+            "fallback": np.where(fallback, "most_popular", ""),
+        })

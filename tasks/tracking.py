@@ -245,12 +245,16 @@ def serving_code(tmp: Path) -> Path:
     return pkg
 
 
-def log_and_register(cfg: Config, run_id: str, model: str, python_model: mlflow.pyfunc.PythonModel,
-                     artifacts: dict[str, str], tags: dict[str, str]) -> str:
-    """Log the pyfunc into the step run and register it as a new version of `model`; returns the version."""
+def log_and_register(cfg: Config, run_id: str, model: str, python_class: str, artifacts: dict[str, str],
+                     tags: dict[str, str]) -> str:
+    """Log `semid.tasks.serving.<python_class>` as an MLflow model *from code* (loading it runs that code; nothing
+    is unpickled) into the step run, and register it as a new version of `model`; returns the version."""
     client, _ = client_for(cfg)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
+        code = Path(tmp) / f"{python_class.lower()}.py"
+        code.write_text(f"from mlflow.models import set_model\n\nfrom semid.tasks.serving import {python_class}\n\n"
+                        f"set_model({python_class}())\n")
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
                                        pip_requirements=PIP_REQUIREMENTS, code_paths=[str(serving_code(Path(tmp)))])
     for attempt in range(5):
         try:

@@ -47,20 +47,39 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     # the registered codebook answers embeddings -> semantic IDs
     mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{CB}@champion")
-    code = Path(mlflow.artifacts.download_artifacts(f"models:/{CB}@champion")) / "code"
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{CB}@champion"))
+    assert "python_model.pkl" not in {p.name for p in local.rglob("*")}  # logged as code: nothing to unpickle
+    code = local / "code"
     shipped = {str(p.relative_to(code)) for p in code.rglob("*.py")}
     assert "semid/tasks/serving.py" in shipped and "semid/models/quantizer.py" in shipped
     assert {f for f in shipped if not f.startswith("semid/models/")} == {"semid/tasks/__init__.py",
                                                                          "semid/tasks/serving.py"}
     import numpy as np
+    import pandas as pd
 
     emb = np.load(tmp_path / "data" / "features" / "shop" / "embeddings.npy")
-    out = model.predict(__import__("pandas").DataFrame({"embedding": list(emb[:3])}))
-    assert list(out.columns[:1]) == ["semantic_id"] and len(out) == 3
-    # the registered recommender answers a history of source item ids with top-k items
+    ids = pd.read_parquet(tmp_path / "data" / "semantic" / "shop" / "ids.parquet").sort_values("item_id")
+    items = pd.read_parquet(tmp_path / "data" / "processed" / "shop" / "items.parquet").sort_values("item_id")
+    # every catalogue item gets the ID it was registered with (by source_id, or by its exact text) ...
+    out = model.predict(pd.DataFrame({"source_id": ids["source_id"], "embedding": list(emb)}))
+    assert out["semantic_id"].tolist() == ids["semantic_id"].tolist() and not out["is_new"].any()
+    by_text = model.predict(pd.DataFrame({"text": items["text"].tolist()[:5]}))
+    assert by_text["semantic_id"].tolist() == ids["semantic_id"].tolist()[:5]
+    # ... and a new item the nearest ID no catalogue item holds, marked new
+    new = model.predict(pd.DataFrame({"embedding": list(emb[:3] + 0.01)}))
+    assert new["is_new"].all() and not set(new["semantic_id"]) & set(ids["semantic_id"])
+    assert new["semantic_id"].is_unique
+    # the registered recommender: top-k per row, history masked, unknown items reported, popularity fallback
     rec = mlflow.pyfunc.load_model(f"models:/{REC}@champion")
-    top = rec.predict(__import__("pandas").DataFrame({"history": [["i1", "i2", "i3"]], "k": [5]}))
-    assert len(top["recommendations"][0]) == 5
+    top = rec.predict(pd.DataFrame({"history": [["i1", "i2", "i3"], ["i4", "nope"], [], ["gone"]],
+                                    "k": [5, 3, 4, 2]}))
+    assert [len(r) for r in top["recommendations"]] == [5, 3, 4, 2]
+    assert not {"i1", "i2", "i3"} & set(top["recommendations"][0]) and "i4" not in top["recommendations"][1]
+    assert top["unknown"].tolist() == [[], ["nope"], [], ["gone"]]
+    assert top["fallback"].tolist() == ["", "", "most_popular", "most_popular"]
+    assert top["recommendations"][2][:2] == top["recommendations"][3]  # both: the most popular items
+    unmasked = rec.predict(pd.DataFrame({"history": [["i1", "i2", "i3"]], "k": [40], "mask_history": [False]}))
+    assert {"i1", "i2", "i3"} <= set(unmasked["recommendations"][0])
     # `semid evaluate` rebuilds the saved model and gets the same test metrics as training did
     from semid.tasks.config import load_config
     from semid.tasks.recommend import reevaluate
