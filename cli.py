@@ -100,6 +100,8 @@ def data_validate(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetO
     counts = (f"{stats[k]:,}" for k in ("users", "items", "interactions"))
     table.add_row(*counts, f"{stats['text_coverage']:.1%}")
     console.print(table)
+    for warning in stats.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"processed data and GX data docs: {layout.processed_dir(cfg, name)}")
 
 

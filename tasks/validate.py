@@ -37,6 +37,11 @@ FIXES = {
     "expect_compound_columns_to_be_unique": "drop repeated (user, item, timestamp) rows at the source",
     "expect_column_values_to_be_between": "drop users with too few interactions or lower "
     "data.min_user_interactions; for order errors sort each user's events by time",
+    "expect_table_row_count_to_be_between": "the table has no rows: check the export or the query (an empty "
+    "snapshot never replaces the processed data)",
+}
+FIXES_BY_COLUMN = {  # where the fix depends on the column, not only on the expectation
+    ("expect_column_values_to_not_be_null", "timestamp"): "fill in or drop the events that have no timestamp",
 }
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -179,6 +184,28 @@ def _as_id(col: pd.Series) -> pd.Series:
     return out.where(col.notna(), pd.NA)
 
 
+def _timestamps(ts: pd.Series, col: str) -> pd.Series:
+    """Numbers as they are, else dates/times as epoch seconds; a value that is neither is named (missing stays
+    missing, for the not-null check)."""
+    if pd.api.types.is_numeric_dtype(ts):
+        return ts
+    present = ts.notna() & (ts.astype("string").str.strip() != "")
+    numbers = pd.to_numeric(ts, errors="coerce")
+    dates = pd.to_datetime(ts.where(present & numbers.isna()), errors="coerce", utc=True, format="mixed")
+    fix = ("repair those events at the source (epoch seconds or ISO 8601 dates), or set data.local.timestamp_col "
+           "to null to use the file order.")
+    bad = present & numbers.isna() & dates.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in ts[bad].astype(str).unique()[:5])
+        raise PipelineError(f"timestamp column '{col}' has {int(bad.sum())} value(s) that are neither numbers nor "
+                            f"dates, e.g. {examples}.", fix)
+    if numbers[present].notna().all():
+        return numbers
+    if dates[present].notna().all():
+        return (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    raise PipelineError(f"timestamp column '{col}' mixes numbers and dates.", fix)
+
+
 def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
     def files(what: str) -> list[Path]:
         single = folder / f"{what}.parquet"
@@ -204,8 +231,7 @@ def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
             )
     out_inter = pd.DataFrame({"user_id": inter[local.user_col], "item_id": inter[local.item_col]})
     if local.timestamp_col:
-        ts = inter[local.timestamp_col]
-        out_inter["timestamp"] = ts if pd.api.types.is_numeric_dtype(ts) else pd.to_numeric(ts, errors="coerce")
+        out_inter["timestamp"] = _timestamps(inter[local.timestamp_col], local.timestamp_col)
         # event logs arrive in any order; a user's history is ordered by time (stable for ties)
         out_inter = out_inter.sort_values("timestamp", kind="stable", na_position="first")
         first = {u: i for i, u in enumerate(pd.unique(out_inter["user_id"]))}
@@ -265,6 +291,7 @@ def _suites(spec_has_text: bool, cfg: Config, item_ids: list[str]) -> dict[str, 
 
     E = gx.expectations
     inter = [
+        E.ExpectTableRowCountToBeBetween(min_value=1),
         *(E.ExpectColumnToExist(column=c) for c in ("user_id", "item_id", "timestamp")),
         E.ExpectColumnValuesToNotBeNull(column="user_id"),
         E.ExpectColumnValuesToNotBeNull(column="item_id"),
@@ -277,6 +304,7 @@ def _suites(spec_has_text: bool, cfg: Config, item_ids: list[str]) -> dict[str, 
         E.ExpectColumnValuesToBeBetween(column="order_step", min_value=0),
     ]
     items = [
+        E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnToExist(column="item_id"),
         E.ExpectColumnToExist(column="text"),
         E.ExpectColumnValuesToNotBeNull(column="item_id"),
@@ -363,7 +391,8 @@ def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path
                         "count": res.get("unexpected_count"),
                         "observed": res.get("observed_value"),
                         "examples": examples,
-                        "fix": FIXES.get(conf.type, "repair the source data"),
+                        "fix": FIXES_BY_COLUMN.get((conf.type, conf.kwargs.get("column")))
+                        or FIXES.get(conf.type, "repair the source data"),
                     }
                 )
     return ValidationOutcome(not failures, failures, results, docs_dir)
@@ -407,6 +436,24 @@ def canonicalize(raw: RawTables) -> dict[str, pd.DataFrame]:
     return out
 
 
+TEXT_FIELDS = {"atomic": ["title", "genres"], "lcrec": ["title", "brand", "categories"], "sequence": ["text"]}
+
+
+def text_column_report(raw: RawTables, cfg: Config, fmt: str) -> dict[str, Any]:
+    """Coverage of each column the item text is made of, and a warning for each one empty for more items than
+    data.min_text_coverage allows (the joined text can look fine while one of its parts is mostly missing)."""
+    cols = cfg.data.local.text_cols if fmt == "local" and cfg.data.local is not None else TEXT_FIELDS.get(fmt, [])
+    items, coverage, warnings = raw.items, {}, []
+    for col in (c for c in cols if c in items):
+        filled = items[col].astype("string").fillna("").str.strip().str.len() > 0
+        coverage[col] = float(filled.mean()) if len(items) else 0.0
+        if coverage[col] < cfg.data.min_text_coverage:
+            warnings.append(f"text column '{col}' is empty for {1 - coverage[col]:.1%} of the items "
+                            f"({int((~filled).sum())} of {len(items)}); data.min_text_coverage is "
+                            f"{cfg.data.min_text_coverage:.0%}")
+    return {"text_column_coverage": coverage, "warnings": warnings}
+
+
 def validate(name: str, cfg: Config) -> dict[str, Any]:
     """Parse + validate data/raw/NAME; write data/processed/NAME on success. Returns stats."""
     spec = get_spec(name, cfg)
@@ -436,6 +483,7 @@ def validate(name: str, cfg: Config) -> dict[str, Any]:
             "interactions": int(len(inter)),
             "text_coverage": float((tables["items"]["text"].str.len() > 0).mean()),
             "raw_sha256": layout.raw_hash(cfg, name),
+            **text_column_report(raw, cfg, spec.format),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         (staging / "gx_result.json").write_text(json.dumps(outcome.result_json, indent=2, default=str))

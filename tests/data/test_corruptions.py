@@ -119,8 +119,33 @@ def nan_id(src: Path) -> tuple[dict, list[str]]:
     return {}, ["interactions.user_id: expect_column_values_to_not_be_null (1 rows)"]
 
 
+def no_interactions(src: Path) -> tuple[dict, list[str]]:
+    """An export with a header and no rows used to validate (0 users) and replace the processed data."""
+    _, inter = tiny_tables()
+    _events(src, inter.iloc[:0])
+    return {}, ["interactions: expect_table_row_count_to_be_between (observed 0)", "the table has no rows"]
+
+
+def unparseable_timestamp(src: Path) -> tuple[dict, list[str]]:
+    """Used to be reported as 'missing ids' (the value was coerced to NaN)."""
+    _, inter = tiny_tables()
+    inter["ts"] = inter["ts"].astype(str)
+    inter.loc[5, "ts"] = "yesterday"
+    _events(src, inter)
+    return {}, ["timestamp column 'ts' has 1 value(s) that are neither numbers nor dates, e.g. 'yesterday'"]
+
+
+def missing_timestamp(src: Path) -> tuple[dict, list[str]]:
+    _, inter = tiny_tables()
+    inter["ts"] = inter["ts"].astype(object)
+    inter.loc[5, "ts"] = None
+    _events(src, inter)
+    return {}, ["interactions.timestamp: expect_column_values_to_not_be_null (1 rows)",
+                "fill in or drop the events that have no timestamp"]
+
+
 CORRUPTIONS = [missing_column, duplicate_item_id, dangling_item_reference, empty_texts, truncated_json,
-               wrong_checksum, too_short_user, nan_id]
+               wrong_checksum, too_short_user, nan_id, no_interactions, unparseable_timestamp, missing_timestamp]
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=[c.__name__ for c in CORRUPTIONS])
@@ -130,3 +155,36 @@ def test_corruption_is_named_and_quarantined(shop, corrupt):
     msg = _run_corrupted(src, root, **extra)
     for text in expected:
         assert text in msg
+
+
+def test_dates_are_timestamps(shop):
+    src, root = shop
+    _, inter = tiny_tables()
+    inter["ts"] = pd.to_datetime(inter["ts"], unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S")
+    _events(src, inter)
+    cfg = load_config(None, local_params(root, str(src / "items.csv"), str(src / "events.csv")))
+    ingest.fetch("shop", cfg)
+    assert validate.validate("shop", cfg)["interactions"] == 30
+    ts = pd.read_parquet(root / "processed" / "shop" / "interactions.parquet")["timestamp"]
+    assert ts.min() == 0 and ts.max() == 5004  # epoch seconds again
+
+
+def test_a_mostly_empty_text_column_is_a_warning_with_its_share(shop):
+    src, root = shop
+    items, _ = tiny_tables()
+    items.loc[:2, "brand"] = ""  # 3 of 8 items: the joined text still has the title
+    _items(src, items)
+    cfg = load_config(None, local_params(root, str(src / "items.csv"), str(src / "events.csv")))
+    ingest.fetch("shop", cfg)
+    stats = validate.validate("shop", cfg)
+    assert stats["text_column_coverage"] == {"title": 1.0, "brand": 5 / 8}
+    assert stats["warnings"] == ["text column 'brand' is empty for 37.5% of the items (3 of 8); "
+                                 "data.min_text_coverage is 95%"]
+
+
+@pytest.mark.parametrize("name", ["../etc", "shop/x", "-rf", "", "a" * 70, "s p a c e"])
+def test_a_dataset_name_must_be_safe(name):
+    from semid.tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.dataset"):
+        load_config(None, [f"data.dataset={name}"])
