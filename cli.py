@@ -429,6 +429,38 @@ def prepare(
                                               for k, v in out["steps"].items()))
 
 
+@app.command("serve")
+@friendly
+def serve(
+    name: str,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (--host to change).")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Scoring server worker processes.")] = 1,
+    config: ConfigOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve NAME's champion recommender with MLflow's scoring server: GET /ping, and POST /invocations with
+    dataframe_records, each a history (a list of item ids, oldest first) and optionally k and mask_history."""
+    _quiet_libraries()
+    cfg = _cfg(config, set_, name)
+    from semid.tasks.tracking import CHAMPION, champion_version, client_for, model_name, tracking_uri
+
+    model = model_name(cfg, "recommender", name)
+    client, _ = client_for(cfg)
+    if champion_version(client, model) is None:
+        raise PipelineError(f"{model} has no champion in {tracking_uri(cfg)}.",
+                            f"run `semid run --set data.dataset={name}` to train and promote one.")
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    args = [mlflow_bin, "models", "serve", "-m", f"models:/{model}@{CHAMPION}", "--env-manager", "local",
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+    console.print(f"serving {model}@{CHAMPION} on http://{host}:{port} (/ping, /invocations)")
+    sys.stdout.flush()
+    bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH: this environment's
+    os.execve(mlflow_bin, args, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg),
+                                 "MLFLOW_REGISTRY_URI": tracking_uri(cfg),
+                                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+
+
 @app.command("schedule")
 @friendly
 def schedule(
