@@ -48,3 +48,47 @@ def shop_params(root: Path, emb_cache: Path, n_users: int = 30, n_items: int = 4
     }
     defaults.update(extra)
     return local_params(root / "data", str(src / "items.parquet"), str(src / "events.parquet"), **defaults)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL 15 cluster on a free loopback port (trust auth); yields its base URL. Runs the
+    server as the `postgres` user when the tests run as root (PostgreSQL refuses root)."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="semid-pg-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    data = base / "data"
+    if as_user:
+        shutil.chown(base, "postgres")
+    port = free_port()
+
+    def run(*cmd: str) -> None:
+        proc = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+
+    run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    run("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
+                       timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
