@@ -13,8 +13,11 @@ from pathlib import Path
 
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty staging folder next to `target`; on success it replaces `target`, on error it is removed."""
+    """Yield an empty staging folder next to `target`; on success it replaces `target`, on error it is removed.
+    Staging folders left by a killed process (SIGKILL skips the cleanup) are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield staging

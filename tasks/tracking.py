@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ from mlflow.tracking import MlflowClient
 import mlflow
 from semid.tasks.config import Config
 from semid.tasks.errors import PipelineError
+from semid.tasks.fsutil import sha256_file
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the folder holding models/, tasks/, flows/
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -52,21 +55,38 @@ def _store_dir(cfg: Config) -> Path:
 def client_for(cfg: Config) -> tuple[MlflowClient, str]:
     """Tracking client + experiment id (artifacts next to the sqlite store, in mlflow/artifacts)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    store = _store_dir(cfg)
-    store.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_registry_uri(tracking_uri(cfg))
-    client = MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    local = not uri.startswith(("http://", "https://"))
+    if local:
+        _store_dir(cfg).mkdir(parents=True, exist_ok=True)
+    else:
+        _reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     for attempt in range(5):
         exp = client.get_experiment_by_name(cfg.mlflow.experiment)
         if exp is not None:
             return client, exp.experiment_id
-        try:
-            return client, client.create_experiment(cfg.mlflow.experiment,
-                                                    artifact_location=(store / "artifacts").resolve().as_uri())
+        try:  # a local store keeps artifacts beside it; a server decides where its artifacts go
+            location = (_store_dir(cfg) / "artifacts").resolve().as_uri() if local else None
+            return client, client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
         except MlflowException:  # another process created it first
             time.sleep(0.2 * (attempt + 1))
     raise RuntimeError(f"could not get or create MLflow experiment {cfg.mlflow.experiment}")
+
+
+def _reachable(uri: str) -> None:
+    """A tracking server that does not answer /health within seconds is reported at once (MLflow's own client
+    would retry for minutes)."""
+    import httpx
+
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PipelineError(f"The tracking store {uri} is unreachable ({type(exc).__name__}: {exc}); nothing was "
+                            "registered or promoted.",
+                            "start the MLflow server (`mlflow server ...`) or fix mlflow.tracking_uri.") from None
 
 
 def git_sha() -> str:
@@ -265,7 +285,38 @@ def log_and_register(cfg: Config, run_id: str, model: str, python_class: str, ar
                 raise
             time.sleep(0.5 * (attempt + 1))
     client.set_model_version_tag(model, mv.version, "run_id", run_id)
+    files = checksums(Path(mlflow.artifacts.download_artifacts(info.model_uri)))
+    client.log_dict(run_id, files, f"checksums/{model}-v{mv.version}.json")
+    client.set_model_version_tag(model, mv.version, "checksum", _digest(files))
     return str(mv.version)
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a logged model folder, by relative path (not the download's own metadata file)."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "registered_model_meta"}
+
+
+def _digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def verified_download(client: MlflowClient, model: str, version) -> Path:
+    """The version's model folder, checked against the checksum recorded in the registry at registration: a
+    changed, missing or added file is named and nothing is loaded."""
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model}/{version.version}"))
+    files, recorded = checksums(local), version.tags.get("checksum")
+    if recorded is None or _digest(files) != recorded:
+        try:
+            expected = mlflow.artifacts.load_dict(
+                f"runs:/{version.tags.get('run_id', version.run_id)}/checksums/{model}-v{version.version}.json")
+        except Exception:  # noqa: BLE001 - no manifest to name the files: say so
+            expected = {}
+        changed = sorted(f for f in set(files) | set(expected) if files.get(f) != expected.get(f)) or ["(unknown)"]
+        raise PipelineError(f"{model} v{version.version} does not match what was registered: "
+                            f"{', '.join(changed[:5])} changed or missing; it was not loaded and no alias moved.",
+                            "restore the artefact store from a backup, or fit a new version (flow.mode=retrain).")
+    return local
 
 
 def load_champion(cfg: Config, model: str, dataset: str | None = None):
@@ -279,4 +330,4 @@ def load_champion(cfg: Config, model: str, dataset: str | None = None):
         raise PipelineError(f"The champion of {model} (v{mv.version}) was registered for dataset "
                             f"'{mv.tags['dataset']}', not '{dataset}'; its codebook is not used for another dataset.",
                             "run with flow.mode=retrain, or fix the registry's aliases.")
-    return mlflow.pyfunc.load_model(f"models:/{model}@{CHAMPION}").unwrap_python_model()
+    return mlflow.pyfunc.load_model(str(verified_download(client, model, mv))).unwrap_python_model()
