@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,44 @@ def postgres():
         subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
                        timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def server_process(args: list[str], log: Path, health: str, timeout: float = 120, **popen):
+    """A server started in its own session, logging to `log`; yields once `health` answers 200, and is stopped
+    (SIGTERM, then SIGKILL) however the block ends. Fails with the log's tail if it dies or never answers."""
+    import subprocess
+    import time
+
+    import httpx
+
+    out = open(log, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(health, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{args[0]} did not answer {health}:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield proc
+    finally:
+        stop(proc)
+        out.close()
+
+
+def stop(proc) -> None:
+    """SIGTERM to the process's session, SIGKILL after 30 s."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -4,17 +4,15 @@ excluded from each other by the advisory lock in that database (mlflow.lock_url)
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import free_port, shop_params
+from tests.integration.conftest import free_port, server_process, shop_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CB = "semid-codebook-shop"
@@ -40,22 +38,10 @@ def test_two_flows_racing_on_a_shared_server_promote_the_better_one(tmp_path, em
     engine.dispose()
     db = f"{postgres}/mlflow"
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", db,
-                               "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"],
-                              stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                              start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not start:\n" + (tmp_path / "mlflow.log").read_text()[-3000:])
+    with server_process([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", db,
+                         "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
+                         "--port", str(port), "--workers", "1"], tmp_path / "mlflow.log", f"{uri}/health"):
         common = {"mlflow.tracking_uri": uri, "mlflow.lock_url": db, "flow.train_recommender": "false",
                   "gate.k_eff_tolerance": 0.0, "gate.duplicate_tolerance": 1.0, "gate.min_active_share": 0.0,
                   "gate.max_duplicate_rate": 1.0,
@@ -83,9 +69,6 @@ def test_two_flows_racing_on_a_shared_server_promote_the_better_one(tmp_path, em
             if v not in (champion.version, "1"):
                 against = mv.tags["champion_at_gate"]
                 assert mv.tags["gate"] == ("passed" if k_eff[v] >= k_eff[against] else "failed"), (v, against, k_eff)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_a_shared_store_without_a_lock_promotes_nothing(tmp_path):

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import shop_params
+from tests.integration.conftest import free_port, server_process, shop_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_semid_serve_answers_over_http(tmp_path, emb_cache):
@@ -29,26 +18,13 @@ def test_semid_serve_answers_over_http(tmp_path, emb_cache):
 
     sets = shop_params(tmp_path, emb_cache)
     retrain(config=str(tmp_path / "none.yaml"), overrides=sets)
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).parent / "semid"), "serve", "shop", "--port", str(port),
            "--config", str(tmp_path / "none.yaml")]
     for s in sets:
         cmd += ["--set", s]
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("the scoring server did not answer /ping:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+    with server_process(cmd, tmp_path / "serve.log", f"{url}/ping", cwd=tmp_path):
         rows = [{"history": ["i1", "i2", "i3"], "k": 4}, {"history": ["i5", "nope"], "k": 2},
                 {"history": [], "k": 3}, {"history": ["i1", "i2", "i3"], "k": 40, "mask_history": False}]
         r = httpx.post(f"{url}/invocations", json={"dataframe_records": rows}, timeout=30)
@@ -61,14 +37,6 @@ def test_semid_serve_answers_over_http(tmp_path, emb_cache):
         assert {"i1", "i2", "i3"} <= set(out[3]["recommendations"])
         bad = httpx.post(f"{url}/invocations", json={"dataframe_records": [{"k": 3}]}, timeout=30)
         assert bad.status_code >= 400 and "history" in bad.text
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_serve_without_a_champion_names_the_fix(tmp_path):
