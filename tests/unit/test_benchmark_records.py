@@ -38,3 +38,27 @@ def test_stamp_records_where_when_and_how():
     assert stamp([fresh]) == [fresh]
     assert fresh["command"].startswith("python benchmarks/recommenders.py") and fresh["torch_threads"] >= 1
     assert fresh["date"][:4].isdigit() and "CPUs" in fresh["machine"]
+
+
+WRK = """Running 10s test @ http://127.0.0.1:5077/invocations
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    52.10ms   12.31ms 120.00ms   70.00%
+  Latency Distribution
+     50%   51.70ms
+     75%   60.02ms
+     90%  700.00us
+     99%    1.20s
+  1523 requests in 10.00s, 1.02MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:    152.30
+Transfer/sec:    104.41KB
+"""
+
+
+def test_wrk_output_is_parsed_with_units():
+    from benchmarks.serving import parse_wrk
+
+    r = parse_wrk(WRK)
+    assert r["requests"] == 1523 and r["requests_per_s"] == 152.3 and r["non_2xx"] == 3
+    assert (r["p50_ms"], r["p75_ms"], r["p90_ms"], r["p99_ms"]) == (51.7, 60.02, 0.7, 1200.0)
