@@ -56,7 +56,11 @@ def test_cron_deployment_runs_on_a_real_server(tmp_path, emb_cache):
             dep = _wait(deployment, 120, "the deployment", [serve_log, server_log])
             crons = [s["schedule"].get("cron") for s in dep.get("schedules", [])]
             assert "0 3 * * 1" in crons
-            run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10).json()
+            def created():  # the served deployment can still be settling: retry until a run is created
+                r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10)
+                return r.json() if r.status_code in (200, 201) and "id" in r.json() else None
+
+            run = _wait(created, 60, "a flow run of the deployment", [serve_log, server_log])
 
             def finished():
                 state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]
