@@ -5,6 +5,7 @@ the quantize step's output and the registered codebook's artefacts)."""
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,19 @@ def assign_new(quantizer: Quantizer, x: np.ndarray, registered: np.ndarray) -> n
     codes, residuals = quantizer.encode_with_residuals(x)
     levels, width = codes.shape[1], registered.shape[1]
     used = {tuple(row) for row in registered.tolist()}
+    counters: dict[tuple, set[int]] = defaultdict(set)  # prefix -> counters taken (counter level only)
+    if width > levels:
+        for row in used:
+            counters[row[:levels]].add(row[levels])
     out = np.zeros((len(codes), width), dtype=np.int64)
     for i, code in enumerate(codes):
+        prefix = tuple(code.tolist())
         if width > levels:  # counter level: the next free counter of this prefix
-            taken = {row[levels] for row in used if tuple(row[:levels]) == tuple(code.tolist())}
-            candidate = (*code.tolist(), next(c for c in range(len(taken) + 1) if c not in taken))
+            taken = counters[prefix]
+            candidate = (*prefix, next(c for c in range(len(taken) + 1) if c not in taken))
+            taken.add(candidate[-1])
         else:
-            candidate = tuple(code.tolist())
+            candidate = prefix
             if candidate in used:
                 candidate = nearest_free_id(quantizer, residuals, code, i, used) or candidate
         out[i] = candidate

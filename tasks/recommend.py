@@ -70,7 +70,8 @@ def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | 
         raise PipelineError(f"Training the recommender on {name} diverged: {err}; nothing was saved.",
                             "lower recommend.lr or check the inputs (item embeddings, codebook) for NaN.") from None
     results = evaluate_all(model, split, p)
-    popular = evaluate_all(MostPopular(split), split, p)  # the trivial baseline the gate asks it to beat
+    most_popular = MostPopular(split)  # the trivial baseline the gate asks it to beat, and serving's fallback
+    popular = evaluate_all(most_popular, split, p)
     metrics = {**flat_results(results), **{f"baseline_{k}": v for k, v in flat_results(popular).items()},
                "seconds_per_epoch": summary["seconds_per_epoch"], "epochs": summary["epochs"],
                "best_epoch": summary["best_epoch"]}
@@ -86,7 +87,7 @@ def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | 
     layout.write_model_dir(out or layout.recommend_dir(cfg, name), model.state_dict(),
                            {"recommender.json": info, "metrics.json": metrics, "summary.json": headline,
                             "history.json": summary["history"],
-                            "popularity.json": MostPopular(split).scores.int().tolist()})  # serving's fallback
+                            "popularity.json": most_popular.scores.int().tolist()})
     return {**info, "metrics": metrics}
 
 
