@@ -91,6 +91,7 @@ class RecommendParams(Strict):
     unified_id_scale: float = Field(4.0, gt=0)  # multiplies that ID part: its init and its effective learning rate
     freeze_codebooks: bool = False
     max_len: int = Field(50, ge=2)
+    every_window: bool = False  # train on every max_len window of long histories, not only the last
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
@@ -99,6 +100,8 @@ class RecommendParams(Strict):
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(40, ge=1)
     patience: int = Field(5, ge=1)
+    min_epochs: int = Field(0, ge=0)  # never stop before this many epochs
+    smoothing: float = Field(0.0, ge=0, lt=1)  # EMA weight of the past in the early-stopping score
     monitor: Literal["ndcg@10", "recall@10", "mrr"] = "ndcg@10"
     mask_history: bool = True  # early-stopping metric on masked full ranking; both variants are reported
     negatives: int = Field(99, ge=1)

@@ -134,12 +134,23 @@ class Split:
                               for i, split in enumerate(("valid", "test"))}
 
 
-def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator):
+def windows(seq: np.ndarray, max_len: int, every: bool) -> list[np.ndarray]:
+    """The training pieces of one sequence: its last max_len + 1 items, or (every=True) consecutive pieces of
+    max_len + 1 items from the end backwards, overlapping by one item, so each transition is a target once."""
+    if not every or len(seq) <= max_len + 1:
+        return [seq[-(max_len + 1):]]
+    ends = range(len(seq), 1, -max_len)
+    return [seq[max(0, end - max_len - 1):end] for end in ends]
+
+
+def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator,
+                  every_window: bool = False):
     """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded.
 
-    Users are grouped by sequence length (random order within equal lengths, batches shuffled), so a batch
-    is padded to about its own length instead of max_len: most Amazon users have < 10 items."""
-    usable = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    Sequences longer than max_len + 1 give their last window, or all of them (`every_window`). Pieces are
+    grouped by length (random order within equal lengths, batches shuffled), so a batch is padded to about its
+    own length instead of max_len: most Amazon users have < 10 items."""
+    usable = [w for s in train if len(s) >= 2 for w in windows(s, max_len, every_window) if len(w) >= 2]
     noise = torch.rand(len(usable), generator=gen).numpy()
     order = np.lexsort((noise, [len(s) for s in usable]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -203,8 +214,9 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
         return value, {f"valid_{p.monitor}": value}
 
     summary = fit(model, torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay),
-                  epochs=p.epochs, patience=p.patience, seed=p.seed,
-                  batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen),
+                  epochs=p.epochs, patience=p.patience, seed=p.seed, min_epochs=p.min_epochs,
+                  smoothing=p.smoothing,
+                  batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen, p.every_window),
                   loss=lambda batch, gen: model.loss(batch[0], batch[1], p.loss, gen),
                   validate=validate, on_epoch=on_epoch)
     return {**summary, "monitor": f"valid {protocol} {p.monitor}"}
