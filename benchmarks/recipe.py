@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,18 +40,11 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [s for s in sets.split(",") if s]
 
 
-def git_sha() -> str:
-    root = Path(__file__).resolve().parents[1]
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "models", "tasks"], cwd=root, capture_output=True,
-                           text=True).stdout.strip()
-    return sha.strip() + ("+dirty" if dirty else "")
-
-
 def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> dict:
     from semid.tasks import layout
     from semid.tasks.config import load_config
     from semid.tasks.recommend import recommend
+    from semid.tasks.tracking import git_sha
 
     cfg = load_config(PARAMS, [f"data.dataset={name}", *sets, f"recommend.item_repr={item_repr}",
                                f"recommend.seed={seed}"])
@@ -65,7 +57,7 @@ def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> 
             **{k: m[k] for k in keys}, **{f"baseline_{k}": m[f"baseline_{k}"] for k in keys},
             "epochs": m["epochs"], "best_epoch": m["best_epoch"], "seconds_per_epoch": m["seconds_per_epoch"],
             "codebook_sha256": hashlib.sha256(codes.read_bytes()).hexdigest()[:12] if item_repr != "id" else None,
-            "git": git_sha()}
+            "git": git_sha()[:12]}
 
 
 def stats(values: list[float]) -> str:

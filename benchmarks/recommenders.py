@@ -12,6 +12,7 @@ to date).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
@@ -26,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine  # noqa: E402
+from semid.tasks import layout  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.rank import rank  # noqa: E402
 from semid.tasks.recommend import recommend  # noqa: E402
+from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ANCHORS = {  # published Beauty full-ranking Recall@10 / NDCG@10 (papers.md section 1)
@@ -55,11 +58,18 @@ def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> l
                          **{k: m[f"test_{proto}_{k}"] for k in KEYS},
                          "valid_ndcg@10": m.get(f"valid_{proto}_ndcg@10"),
                          "seconds_per_epoch": m["seconds_per_epoch"], "epochs": m["epochs"],
-                         "best_epoch": m["best_epoch"], "params": out["params"], "loss": cfg.recommend.loss})
+                         "best_epoch": m["best_epoch"], "params": out["params"], "loss": cfg.recommend.loss,
+                         "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None,
+                         "git": git_sha()[:12]})
         print(f"  {name} sasrec {item_repr}: full-masked R@10 {m['test_full_masked_recall@10']:.4f} "
               f"N@10 {m['test_full_masked_ndcg@10']:.4f}; unmasked N@10 {m['test_full_ndcg@10']:.4f}; "
               f"{m['seconds_per_epoch']:.1f} s/epoch, {m['epochs']} epochs", flush=True)
     return rows
+
+
+def codebook_sha(cfg, name: str) -> str:
+    """The first 12 hex digits of the sha256 of the semantic IDs (codes.npy) a record was trained on."""
+    return hashlib.sha256((layout.semantic_dir(cfg, name) / "codes.npy").read_bytes()).hexdigest()[:12]
 
 
 def start_recbole(python: str, name: str, epochs: int, out: Path) -> subprocess.Popen:
@@ -168,7 +178,7 @@ def write(records: list[dict]) -> None:
              "Full ranking over the whole catalogue, unmasked and with the user's history masked; sampled = target "
              "+ 99 uniform negatives the user never interacted with (fixed seed). Recall@k = HR@k (one target).", "",
              "| dataset | item repr | protocol | seed | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | s/epoch | epochs "
-             "(best) | params | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(best) | params | date | codebook / git |", "|---" * 16 + "|"]
     for r in records:
         if r["model"] not in ("sasrec", "recbole-sasrec"):
             continue
@@ -178,7 +188,8 @@ def write(records: list[dict]) -> None:
                                                      "ndcg@20", "mrr"))
         lines.append(f"| {r['dataset']} | {label} | {proto} | {r['seed']} | {cells} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epochs']} ({r['best_epoch'] if r['best_epoch'] is not None else '-'}) | "
-                     f"{r['params'] or 0:,} | {r.get('date', '')[:10]} |")
+                     f"{r['params'] or 0:,} | {r.get('date', '')[:10]} | {r.get('codebook_sha256') or '-'} / "
+                     f"{r.get('git') or '-'} |")
     for r in records:
         if r["model"] == "recbole-sasrec":
             lines.append(f"\nRecBole reference on {r['dataset']}: our SASRec (id) seconds per epoch / RecBole's = "
