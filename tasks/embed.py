@@ -119,7 +119,7 @@ def verified(folder: Path, file: str) -> Path:
 
 
 class EmbeddingCache:
-    """Append-only shards of (text sha256 -> vector) for one model."""
+    """Append-only shards of (text sha256 -> vector) for one encoder identity."""
 
     def __init__(self, folder: Path):
         self.folder = folder
