@@ -4,11 +4,11 @@ texts/s, the ratio to torch and the cosine of each backend's vectors to torch's.
 Each of `--reps` repetitions encodes the same N texts once per backend, back to back (the order rotates between
 repetitions); texts/s is the median over repetitions and the ratio is the median of the per-repetition ratios, which
 is robust to other load on the machine drifting during the measurement. Encoders are called bare (no embedding
-cache), with embed.batch_size and the same thread count (torch.get_num_threads()). The ONNX export is made into a
+cache), with embed.batch_size and the same thread count (--threads, default torch's). The ONNX export is made into a
 temporary folder, so its one-time cost is measured too. Sets its dataset up (benchmarks/prepare.py: fetch +
 validate; `SEMID_DATA_MIRROR` where offline).
 
-    python benchmarks/embed_backends.py [--dataset amazon-scientific] [--texts 512] [--reps 5]
+    python benchmarks/embed_backends.py [--dataset amazon-scientific] [--texts 512] [--reps 5] [--threads N]
 
 Writes benchmarks/results/embed_backends.{json,md} with machine, date, command, git sha and the load average.
 """
@@ -42,13 +42,13 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 TARGET = {"onnx": "ratio >= 1.7, mean cosine >= 0.9999", "onnx-int8": "ratio ~3.5, mean cosine ~0.993"}
 
 
-def measure(texts: list[str], batch: int, reps: int, onnx_dir: str) -> list[dict]:
+def measure(texts: list[str], batch: int, reps: int, onnx_dir: str, threads: int) -> list[dict]:
     """One record per backend: texts/s per repetition, median, median ratio to torch, cosine to torch."""
-    start = time.perf_counter()
     encoders = {"torch": load_encoder("all-MiniLM-L6-v2")}
-    encoders["onnx"] = load_encoder("all-MiniLM-L6-v2", "onnx", onnx_dir)  # exports into onnx_dir (empty)
+    start = time.perf_counter()
+    encoders["onnx"] = load_encoder("all-MiniLM-L6-v2", "onnx", onnx_dir, threads)  # exports into onnx_dir (empty)
     export_s = time.perf_counter() - start
-    encoders["onnx-int8"] = load_encoder("all-MiniLM-L6-v2", "onnx-int8", onnx_dir)
+    encoders["onnx-int8"] = load_encoder("all-MiniLM-L6-v2", "onnx-int8", onnx_dir, threads)
     vectors = {}
     for name, enc in encoders.items():  # warm-up, and the vectors compared
         enc.encode(texts[:32], batch_size=batch)
@@ -95,7 +95,7 @@ def write(records: list[dict]) -> None:
                      f"{r['cos_min']:.6f} | {1 - r['cos_min']:.1e} | {', '.join(f'{x:.2f}' for x in r['ratios'])} | "
                      f"{TARGET.get(r['backend'], '-')} |")
     export = next(r["export_seconds"] for r in records if r["backend"] == "onnx")
-    lines += ["", f"One-time ONNX export (model load, torch.onnx.export, quantize_dynamic, sample check): "
+    lines += ["", f"One-time ONNX export (torch.onnx.export, quantize_dynamic, sample check, session): "
               f"{export:.0f} s; later runs load the cached export."]
     findings = OUT / "embed_backends.findings.md"  # hand-written reading of the numbers, kept across re-runs
     if findings.exists():
@@ -108,15 +108,18 @@ def main() -> None:
     ap.add_argument("--dataset", default="amazon-scientific")
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_config(PARAMS)
     prepare_dataset(args.dataset, "validate")
     texts = load_processed(base, args.dataset)["items"].sort_values("item_id")["text"].fillna("").astype(str)
     texts = texts.tolist()[: args.texts]
     meta, load_before = machine(), [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="semid-onnx-") as onnx_dir:
-        records = measure(texts, base.embed.batch_size, args.reps, onnx_dir)
+        records = measure(texts, base.embed.batch_size, args.reps, onnx_dir, torch.get_num_threads())
     common = {"dataset": args.dataset, "texts": len(texts), "mean_chars": float(np.mean([len(t) for t in texts])),
               "reps": args.reps, "batch_size": base.embed.batch_size, "threads": torch.get_num_threads(),
               "command": shlex.join(["python", "benchmarks/embed_backends.py", *sys.argv[1:]]),
