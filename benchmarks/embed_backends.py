@@ -95,8 +95,8 @@ def write(records: list[dict]) -> None:
                      f"{r['cos_min']:.6f} | {1 - r['cos_min']:.1e} | {', '.join(f'{x:.2f}' for x in r['ratios'])} | "
                      f"{TARGET.get(r['backend'], '-')} |")
     export = next(r["export_seconds"] for r in records if r["backend"] == "onnx")
-    lines += ["", f"One-time ONNX export (torch.onnx.export, quantize_dynamic, sample check, session): "
-              f"{export:.0f} s; later runs load the cached export."]
+    lines += ["", "One-time ONNX export (the first onnx load with an empty export folder: model load, "
+              f"torch.onnx.export, quantize_dynamic, sample check): {export:.0f} s; later runs load the cached export."]
     findings = OUT / "embed_backends.findings.md"  # hand-written reading of the numbers, kept across re-runs
     if findings.exists():
         lines += ["", findings.read_text().rstrip()]
