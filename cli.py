@@ -147,7 +147,8 @@ def embed(name: str, config: ConfigOpt = Path("params.yaml"), set_: SetOpt = Non
 
     manifest = step.embed(name, _cfg(config, set_, name), progress=True)
     console.print(
-        f"[green]embedded[/] {manifest['items']:,} items with {manifest['model']} (dim {manifest['dim']}): "
+        f"[green]embedded[/] {manifest['items']:,} items with {manifest['model']} on {manifest['backend']} "
+        f"(dim {manifest['dim']}): "
         f"{manifest['encoded']:,} encoded, {manifest['cached']:,} from cache, {manifest['seconds']:.1f} s"
     )
 

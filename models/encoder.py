@@ -1,5 +1,6 @@
 """The item-text encoder: the packaged all-MiniLM-L6-v2 (a PyPI wheel, no model hub) or a local
-sentence-transformers model folder, always on the CPU."""
+sentence-transformers model folder, always on the CPU, run by torch (sentence-transformers) or onnxruntime
+(fp32 or int8, semid.models.onnx_encoder); and which of those runs give the same vectors (`encoder_id`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,34 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = ("torch", "onnx", "onnx-int8")  # embed.backend
 
 
 class EncoderNotFound(ValueError):
     """embed.model names neither the packaged encoder nor a local model folder."""
+
+
+class EncoderBackendError(RuntimeError):
+    """The ONNX backend cannot run (onnxruntime missing, export failed, unreadable model); names the fix."""
+
+    def __init__(self, problem: str, fix: str):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}\nFix: {fix}")
+
+
+def encoder_id(model: str, backend: str) -> str:
+    """The encoder's identity: what the embedding cache is keyed by and the embed manifest records.
+
+    `onnx` (fp32) shares the torch identity, `onnx-int8` has its own. The fp32 graph is the same transformer with
+    the same weights, tokenizer and pooling; its vectors differ from torch's by float rounding only: on 512 Amazon
+    item texts 1 - cosine <= 6e-13 and |difference| <= 2.1e-7, the size by which torch differs from itself when the
+    same texts are batched differently (3e-13, 1.6e-7), and far inside the 1e-5 cosine beyond which vectors count
+    as different. So a cache filled by either serves both, and switching torch <-> onnx leaves embeddings.npy (and
+    everything quantized from it) unchanged for cached texts; tests/model/test_embed_onnx.py fails if fp32 drifts
+    past 1e-5. int8 weights move vectors to cosine ~0.993: other vectors, another identity."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown encoder backend '{backend}' (one of {', '.join(BACKENDS)})")
+    return model if backend in ("torch", "onnx") else f"{model}+{backend}"
 
 
 def model_path(model: str) -> str:

@@ -69,6 +69,9 @@ class EmbedConfig(Strict):
     batch_size: int = Field(64, ge=1)
     max_items: int | None = Field(None, ge=1)
     cache_dir: str | None = None  # default: ~/.cache/semid/embeddings
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"  # onnx: torch's vectors (float rounding), int8: ~0.993
+    onnx_dir: str | None = None  # the exported ONNX models; default: ~/.cache/semid/onnx
+    onnx_threads: int | None = Field(None, ge=1)  # onnxruntime intra-op threads; default: torch.get_num_threads()
 
 
 class GateConfig(Strict):

@@ -1,0 +1,178 @@
+"""embed.backend onnx / onnx-int8: the exported MiniLM against the torch model, the cache identity, and every
+way the backend refuses to run (a PipelineError naming the fix, never a fallback). One export per session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semid.models.encoder import EncoderBackendError, encoder_id
+from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder, check_against_torch, check_supported, cosine
+from semid.tasks import embed as step
+from semid.tasks.config import ConfigError, load_config
+from semid.tasks.errors import PipelineError
+
+MODEL = "all-MiniLM-L6-v2"
+# Item-like texts of very different lengths (batches are length-sorted: order must come back), an empty text,
+# a duplicate, and one past max_seq_length (truncated the same way on both backends).
+TEXTS = ["Toy Story (1995); Animation, Children's, Comedy", "",
+         "Stanley TRA708T Sharpshooter 1/2-Inch Leg Length Staples, Steel (1000 Count).;Stanley;Industrial & "
+         "Scientific,Industrial Hardware,Fasteners,Staples", "red lipstick;9.99;Brand", "pipette tips " * 200,
+         "Toy Story (1995); Animation, Children's, Comedy", "nitrile gloves;Medline;Lab Supplies"]
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory):
+    """A session's export folder root with the model exported into it."""
+    root = tmp_path_factory.mktemp("onnx")
+    step.load_encoder(MODEL, "onnx", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def torch_vectors():
+    return step.load_encoder(MODEL).encode(TEXTS, batch_size=3, convert_to_numpy=True)
+
+
+def test_fp32_gives_torchs_vectors_in_input_order(onnx_dir, torch_vectors):
+    vectors = step.load_encoder(MODEL, "onnx", str(onnx_dir)).encode(TEXTS, batch_size=3)
+    assert vectors.shape == torch_vectors.shape and vectors.dtype == np.float32
+    cos = cosine(vectors, torch_vectors)
+    assert cos.min() >= 1 - 1e-5, cos  # the tolerance behind fp32 sharing torch's cache identity (encoder_id)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[5])
+    # the check is not vacuous: the same vectors in length-sorted order (not input order) fail it
+    by_length = vectors[np.argsort([-len(t) for t in TEXTS], kind="stable")]
+    assert cosine(by_length, torch_vectors).min() < 0.9
+
+
+def test_int8_is_close_but_another_encoder(onnx_dir, torch_vectors, tmp_path):
+    vectors = step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(TEXTS, batch_size=3)
+    cos = cosine(vectors, torch_vectors)
+    assert cos.min() >= 0.98, cos
+    assert cos.min() < 1 - 1e-5  # int8 vectors do differ: they must not be served from the torch/fp32 cache
+    assert encoder_id(MODEL, "onnx-int8") != encoder_id(MODEL, "torch") == encoder_id(MODEL, "onnx") == MODEL
+    sets = [f"embed.cache_dir={tmp_path}", f"embed.onnx_dir={onnx_dir}"]
+    torch_cfg, fp32_cfg, int8_cfg = (load_config(None, [*sets, f"embed.backend={b}"])
+                                     for b in ("torch", "onnx", "onnx-int8"))
+    assert step.cache_folder(torch_cfg) == step.cache_folder(fp32_cfg) != step.cache_folder(int8_cfg)
+    step.encode_texts(TEXTS[:2], torch_cfg)
+    _, encoded, hits = step.encode_texts(TEXTS[:2], int8_cfg)
+    assert (encoded, hits) == (2, 0)  # nothing served from the torch entries
+    _, encoded, hits = step.encode_texts(TEXTS[:2], fp32_cfg)
+    assert (encoded, hits) == (0, 2)  # fp32 shares them
+
+
+def test_manifest_records_the_backend(onnx_dir, tmp_path, monkeypatch):
+    items = pd.DataFrame({"item_id": [0, 1], "source_id": ["a", "b"], "text": TEXTS[2:4]})
+    monkeypatch.setattr(step.layout, "load_processed", lambda cfg, name: {"items": items})
+    for backend in ("torch", "onnx-int8"):
+        cfg = load_config(None, [f"data.root={tmp_path / 'data'}", f"embed.cache_dir={tmp_path / 'cache'}",
+                                 f"embed.onnx_dir={onnx_dir}", f"embed.backend={backend}"])
+        manifest = step.embed("shop", cfg)
+        on_disk = json.loads((step.layout.features_dir(cfg, "shop") / "manifest.json").read_text())
+        assert on_disk["backend"] == manifest["backend"] == backend
+        assert on_disk["encoder"] == encoder_id(MODEL, backend) and on_disk["model"] == MODEL
+
+
+def test_corrupted_export_is_refused_by_name(onnx_dir, tmp_path):
+    copy = tmp_path / "onnx"
+    shutil.copytree(onnx_dir, copy)
+    folder = step.onnx_folder(MODEL, str(copy))
+    with open(folder / INT8, "r+b") as fh:  # one flipped byte in the weights
+        fh.seek(1 << 20)
+        byte = fh.read(1)
+        fh.seek(1 << 20)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(PipelineError, match=r"model\.int8\.onnx does not match the sha256 recorded at export") as err:
+        step.load_encoder(MODEL, "onnx-int8", str(copy))
+    assert f"delete {folder}" in err.value.fix and "embed.backend=torch" in err.value.fix
+    step.load_encoder(MODEL, "onnx", str(copy))  # the intact fp32 file still loads
+    (folder / FP32).unlink()
+    with pytest.raises(PipelineError, match=r"model\.onnx is missing"):
+        step.load_encoder(MODEL, "onnx", str(copy))
+    (folder / "export.json").unlink()
+    with pytest.raises(PipelineError, match="has no export.json"):
+        step.load_encoder(MODEL, "onnx", str(copy))
+
+
+def test_unreadable_model_file_is_one_message(onnx_dir, tmp_path):
+    garbage = tmp_path / "export" / FP32
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not an onnx model")
+    st = step.load_encoder(MODEL)
+    with pytest.raises(EncoderBackendError, match="onnxruntime cannot load the exported model") as err:
+        OnnxEncoder(st, garbage, 1)
+    assert f"delete {garbage.parent}" in err.value.fix
+
+
+def test_failed_export_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate\nlong traceback text")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(PipelineError) as err:
+        step.load_encoder(MODEL, "onnx", str(tmp_path))
+    assert err.value.problem == ("Exporting the embedding model to ONNX failed: RuntimeError: unsupported operator "
+                                 "aten::frobnicate")  # one line, the traceback text left out
+    assert "embed.backend=torch" in err.value.fix
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone, no half export to trip over
+
+
+def test_export_that_disagrees_with_torch_is_refused(onnx_dir, monkeypatch):
+    folder = step.onnx_folder(MODEL, str(onnx_dir))
+    st = step.load_encoder(MODEL)
+    assert check_against_torch(st, folder)[INT8] >= 0.97
+    monkeypatch.setitem(sys.modules["semid.models.onnx_encoder"].MIN_COSINE, INT8, 0.99999)
+    with pytest.raises(EncoderBackendError, match=r"exported model\.int8\.onnx disagrees with the torch model"):
+        check_against_torch(st, folder)
+
+
+@pytest.mark.parametrize("missing", ["module", "distribution"])
+def test_missing_onnxruntime_names_the_fix(onnx_dir, monkeypatch, missing):
+    if missing == "module":  # installed metadata, but the import fails
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    else:
+        import importlib.metadata as md
+
+        def version(dist, real=md.version):
+            if dist == "onnxruntime":
+                raise md.PackageNotFoundError(dist)
+            return real(dist)
+
+        monkeypatch.setattr(md, "version", version)
+    with pytest.raises(PipelineError, match="needs onnxruntime, which is not installed") as err:
+        step.load_encoder(MODEL, "onnx", str(onnx_dir))
+    assert "embed.backend=torch" in err.value.fix
+
+
+def test_only_mean_pooling_models_run_on_onnx():
+    class Transformer:
+        pass
+
+    class Pooling:
+        def __init__(self, mode):
+            self.mode = mode
+
+        def get_config_dict(self):
+            return {"pooling_mode": self.mode}
+
+    class Normalize:
+        pass
+
+    assert check_supported([Transformer(), Pooling("mean"), Normalize()]) is True
+    assert check_supported([Transformer(), Pooling("mean")]) is False
+    with pytest.raises(EncoderBackendError, match=r"Transformer -> Pooling \(pooling cls\)"):
+        check_supported([Transformer(), Pooling("cls")])
+
+
+def test_backend_is_validated():
+    with pytest.raises(ConfigError, match="embed.backend"):
+        load_config(None, ["embed.backend=tensorrt"])
