@@ -95,11 +95,11 @@ class RecommendParams(Strict):
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
-    epochs: int = Field(40, ge=1)
-    patience: int = Field(5, ge=1)
+    epochs: int = Field(60, ge=1)
+    patience: int = Field(10, ge=1)
     min_epochs: int = Field(0, ge=0)  # never stop before this many epochs
     smoothing: float = Field(0.0, ge=0, lt=1)  # EMA weight of the past in the early-stopping score
     monitor: Literal["ndcg@10", "recall@10", "mrr"] = "ndcg@10"
