@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine  # noqa: E402
+from benchmarks.quantizers import machine, write_report  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
@@ -97,10 +97,7 @@ def write(records: list[dict]) -> None:
     export = next(r["export_seconds"] for r in records if r["backend"] == "onnx")
     lines += ["", "One-time ONNX export (the first onnx load with an empty export folder: model load, "
               f"torch.onnx.export, quantize_dynamic, sample check): {export:.0f} s; later runs load the cached export."]
-    findings = OUT / "embed_backends.findings.md"  # hand-written reading of the numbers, kept across re-runs
-    if findings.exists():
-        lines += ["", findings.read_text().rstrip()]
-    (OUT / "embed_backends.md").write_text("\n".join(lines) + "\n")
+    write_report("embed_backends", lines)
 
 
 def main() -> None:

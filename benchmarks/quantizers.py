@@ -47,6 +47,14 @@ def machine() -> dict:
     }
 
 
+def write_report(name: str, lines: list[str]) -> None:
+    """Write benchmarks/results/NAME.md from `lines` plus the hand-written NAME.findings.md, kept across re-runs."""
+    findings = OUT / f"{name}.findings.md"
+    if findings.exists():
+        lines = [*lines, "", findings.read_text().rstrip()]
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
 def records_for(dataset: str, method: str, distances: list[str], out: dict, diag: dict, beta: float) -> list[dict]:
     rows = []
     for lv in diag["levels"]:

@@ -3,8 +3,8 @@ dataset; the recipe is chosen on validation NDCG@10 (history masked), and the te
 
 Each finished run appends one record to benchmarks/results/recipe.jsonl (so parallel invocations, e.g. one per
 seed with --threads 1, can share the file); recipe.md is rendered from all records: mean +- std over seeds per
-(dataset, variant, item repr), the most-popular baseline of the same split, and each record's codebook hash and
-git sha.
+(dataset, variant, item repr), the most-popular baseline of the same split, each record's codebook hash and git
+sha, then the hand-written recipe.findings.md.
 
     python benchmarks/recipe.py ml-100k --variant default --variant 'windows:recommend.every_window=true' \
         --reprs unified --seeds 0 1 2 3 4
@@ -27,11 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine  # noqa: E402
+from benchmarks.quantizers import machine, write_report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 RECORDS = OUT / "recipe.jsonl"
-NOTES = OUT / "recipe.findings.md"  # hand-written reading of the tables, kept across renders
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -92,9 +91,7 @@ def render() -> None:
     lines += ["", "Variants:", ""]
     lines += [f"- `{v}`: {', '.join(f'`{s}`' for s in sets) or 'params.yaml as committed'}"
               for v, sets in dict.fromkeys((r["variant"], tuple(r["sets"])) for r in records)]
-    if NOTES.exists():
-        lines += ["", NOTES.read_text().rstrip()]
-    (OUT / "recipe.md").write_text("\n".join(lines) + "\n")
+    write_report("recipe", lines)
 
 
 def main() -> None:

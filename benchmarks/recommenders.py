@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine  # noqa: E402
+from benchmarks.quantizers import machine, write_report  # noqa: E402
 from semid.tasks import layout  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.rank import rank  # noqa: E402
@@ -213,10 +213,7 @@ def write(records: list[dict]) -> None:
                          f"{b.mean():.4f} +- {b.std():.4f} | {len(rs)} | "
                          f"{np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {epochs} | {rs[0]['params']:,} | "
                          f"{rs[0].get('date', '')[:10]} |")
-    findings = OUT / "recommenders.findings.md"  # hand-written reading of the tables, kept across re-runs
-    if findings.exists():
-        lines += ["", findings.read_text().rstrip()]
-    (OUT / "recommenders.md").write_text("\n".join(lines) + "\n")
+    write_report("recommenders", lines)
 
 
 def main() -> None:
