@@ -92,6 +92,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         self.model = build_recommender(info["n_items"], p, codes, quantizer, text)
         self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
         self.model.eval()
+        with torch.no_grad():  # the item table is fixed once served: build it once, not per request
+            self.table, _ = self.model.items()
         self.max_len, self.torch = p.max_len, torch
         self.source = items["source_id"].astype(str).to_numpy()
         self.index = dict(zip(self.source, items["item_id"], strict=True))
@@ -111,7 +113,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         if (~fallback).any():
             rows = np.flatnonzero(~fallback)
             seq, lengths = pad([seqs[i] for i in rows], self.max_len)
-            scores[rows] = self.model.score(seq, lengths)
+            scores[rows] = self.model.score(seq, lengths, self.table)
         for row, (s, mask) in enumerate(zip(seqs, masks, strict=True)):
             if mask and len(s):
                 scores[row, s] = float("-inf")
