@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine, write_report  # noqa: E402
+from semid.models.encoder import BACKENDS  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
@@ -38,7 +39,6 @@ from semid.tasks.layout import load_processed  # noqa: E402
 from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-BACKENDS = ("torch", "onnx", "onnx-int8")
 TARGET = {"onnx": "ratio >= 1.7, mean cosine >= 0.9999", "onnx-int8": "ratio ~3.5, mean cosine ~0.993"}
 
 
@@ -85,8 +85,8 @@ def write(records: list[dict]) -> None:
              f"all-MiniLM-L6-v2, batch size {r0['batch_size']}, median of {r0['reps']} paired repetitions (the three "
              "backends back to back, order rotating); ratio = median of the per-repetition ratios to torch; cosine "
              "to the torch backend's vectors of the same texts. Encoders called bare (no embedding cache).",
-             f"Measured beside other jobs on the same CPUs (load average {r0['load_before']} before, "
-             f"{r0['load_after']} after, over 1/5/15 min): absolute texts/s are low and noisy, the paired ratios are "
+             f"Load average over 1/5/15 min: {r0['load_before']} before, {r0['load_after']} after. Above the "
+             "core count, other jobs shared the CPUs: absolute texts/s are then low and noisy, the paired ratios are "
              "the comparable number, and they too depend on how much CPU each backend gets.", "",
              "| backend | texts/s | x torch | cosine mean | cosine min | 1 - cosine min | per-repetition ratios | "
              "issue target |", "|---|---|---|---|---|---|---|---|"]

@@ -14,7 +14,6 @@ sha, then the hand-written recipe.findings.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -40,7 +39,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> dict:
-    from semid.tasks import layout
+    from benchmarks.recommenders import codebook_sha
     from semid.tasks.config import load_config
     from semid.tasks.recommend import recommend
     from semid.tasks.tracking import git_sha
@@ -49,13 +48,12 @@ def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> 
                                f"recommend.seed={seed}"])
     out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec")
     m = out["metrics"]
-    codes = layout.semantic_dir(cfg, name) / "codes.npy"
     keys = [f"{split}_{proto}_{k}" for split in ("valid", "test") for proto in ("full", "full_masked")
             for k in ("recall@10", "ndcg@10")]
     return {"dataset": name, "variant": variant, "sets": sets, "item_repr": item_repr, "seed": seed,
             **{k: m[k] for k in keys}, **{f"baseline_{k}": m[f"baseline_{k}"] for k in keys},
             "epochs": m["epochs"], "best_epoch": m["best_epoch"], "seconds_per_epoch": m["seconds_per_epoch"],
-            "codebook_sha256": hashlib.sha256(codes.read_bytes()).hexdigest()[:12] if item_repr != "id" else None,
+            "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None,
             "git": git_sha()[:12]}
 
 
