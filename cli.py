@@ -353,11 +353,12 @@ def run(
     _quiet_libraries()
     sets = list(set_ or []) + ([f"flow.mode={mode}"] if mode else [])
     cfg = _cfg(config, sets)
+    from semid.flows.engine import on_engine
     from semid.flows.retrain import GateFailed, retrain
 
     console.print(f"[bold]semid retrain[/] on {cfg.data.dataset} ({cfg.flow.mode} mode)")
     try:
-        summary = retrain(config=str(config), overrides=sets)
+        summary = on_engine(retrain, cfg)(config=str(config), overrides=sets)
     except GateFailed as err:
         console.print(f"[bold red]gate failed:[/] {err}", highlight=False, soft_wrap=True)
         _mlflow_hint(cfg)
@@ -420,12 +421,13 @@ def prepare(
     """Run the data steps for each dataset up to --until, reusing every output that is up to date (the flow's
     cache): what a benchmark or a notebook needs before it reads data/."""
     _quiet_libraries()
+    from semid.flows.engine import on_engine
     from semid.flows.retrain import prepare as prepare_flow
 
     for name in names:
         sets = list(set_ or []) + [f"data.dataset={name}"]
-        _cfg(config, sets)  # fail early on a bad config
-        out = prepare_flow(config=str(config), overrides=sets, until=until)
+        cfg = _cfg(config, sets)  # fail early on a bad config
+        out = on_engine(prepare_flow, cfg)(config=str(config), overrides=sets, until=until)
         console.print(f"{name}: " + ", ".join(f"{k} {v.lower()} {out['seconds'][k]:.0f}s"
                                               for k, v in out["steps"].items()))
 

@@ -15,8 +15,11 @@ def prepare_dataset(name: str, until: str, sets: list[str] | tuple[str, ...] = (
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from semid.flows.engine import on_engine
     from semid.flows.retrain import prepare
+    from semid.tasks.config import load_config
 
-    out = prepare(config=str(PARAMS), overrides=[*sets, f"data.dataset={name}"], until=until)
+    overrides = [*sets, f"data.dataset={name}"]
+    out = on_engine(prepare, load_config(PARAMS, overrides))(config=str(PARAMS), overrides=overrides, until=until)
     print(f"  {name} set up: " + ", ".join(f"{k} {v.lower()}" for k, v in out["steps"].items()), flush=True)
     return out

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.context import get_run_context
 from prefect.results import get_result_store
 
+from semid.flows.engine import check_runner
 from semid.flows.stages import BY_TASK, StageCache, outputs_digest, stage_key, still_valid
 from semid.tasks import layout
 from semid.tasks.config import Config, load_config
@@ -57,12 +58,23 @@ def validate_task(name: str, config_json: str) -> dict[str, Any]:
     return _recorded("validate", cfg, name, validate(name, cfg))
 
 
+@task(name="embed-shard", retries=1, retry_delay_seconds=2)
+def embed_shard_task(name: str, config_json: str, shard: dict[str, int]) -> dict[str, Any]:
+    """One shard of items through the text cache into its shard file; returns its small manifest."""
+    from semid.tasks.embed import embed_shard
+
+    return embed_shard(name, _cfg(config_json), shard)
+
+
 @task(name="embed", **CACHED)
-def embed_task(name: str, config_json: str) -> dict[str, Any]:
-    from semid.tasks.embed import embed
+def embed_task(name: str, config_json: str, shards: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Join the embedded shards into features/NAME (the cached step: a hit skips the shards too)."""
+    from semid.tasks.embed import join
 
     cfg = _cfg(config_json)
-    return _recorded("embed", cfg, name, embed(name, cfg))
+    if shards is None:
+        raise RuntimeError("embed ran without shards although its cached result was not reusable")
+    return _recorded("embed", cfg, name, join(name, cfg, shards))
 
 
 @task(name="quantize", **CACHED)
@@ -130,26 +142,47 @@ def promote_pair_task(name: str, config_json: str, codebook: dict[str, Any], dia
     return promote_pair(name, _cfg(config_json), codebook, diag, registered, metrics, tags, parent)
 
 
+def embed_plan(name: str, cfg: Config) -> list[dict[str, int]]:
+    from semid.tasks.embed import plan
+
+    return plan(name, cfg)
+
+
 class Steps:
     """Runs the flow's tasks and records, per step, its final state (Completed / Cached) and its seconds; logs a
     nested MLflow run per step (config section, numbers, files, state) once the parent run exists."""
 
     def __init__(self, cfg: Config):
         self.cfg, self.name, self.states, self.seconds, self.tracker = cfg, cfg.data.dataset, {}, {}, None
+        self.started: dict[str, float] = {}
 
     def __call__(self, task_fn, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        stage = BY_TASK.get(task_fn.name)
-        fresh = None
-        if stage is not None:  # a cached step: reuse its result only while its outputs are still on disk
-            key = stage_key(stage, self.cfg, self.name, {k: v for k, v in kwargs.items() if k not in
-                                                         StageCache().run_specific})
-            fresh = key is None or not self._cached_and_valid(task_fn, stage, key)
+        start = self.started.pop(task_fn.name, time.perf_counter())
+        fresh = self.stale(task_fn, **kwargs) if task_fn.name in BY_TASK else None
         runner = task_fn.with_options(refresh_cache=fresh) if fresh is not None else task_fn
         state = runner(name=self.name, config_json=self.cfg.model_dump_json(), **kwargs, return_state=True)
         result = state.result()
         self.states[task_fn.name], self.seconds[task_fn.name] = state.name, time.perf_counter() - start
         return result
+
+    def stale(self, task_fn, **kwargs: Any) -> bool:
+        """Must a cached step run? True unless its cached result exists and its outputs are still on disk."""
+        stage = BY_TASK[task_fn.name]
+        key = stage_key(stage, self.cfg, self.name, {k: v for k, v in kwargs.items() if k not in
+                                                     StageCache().run_specific})
+        return key is None or not self._cached_and_valid(task_fn, stage, key)
+
+    def sharded(self, join_fn, shard_fn, plan: Any) -> Any:
+        """A sharded step: unless the join's cached result is reusable, map shard_fn over the plan's shards on
+        the flow's task runner (each returns a small manifest), then run the join over those manifests."""
+        self.started[join_fn.name] = time.perf_counter()
+        shards = None
+        if self.stale(join_fn, shards=None):
+            config_json = self.cfg.model_dump_json()
+            futures = shard_fn.map(name=unmapped(self.name), config_json=unmapped(config_json),
+                                   shard=plan(self.name, self.cfg))
+            shards = [f.result() for f in futures]
+        return self(join_fn, shards=shards)
 
     def _cached_and_valid(self, task_fn, stage, key: str) -> bool:
         store = get_result_store().update_for_task(task_fn)
@@ -176,6 +209,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     from semid.tasks.tracking import Tracker, git_sha, load_champion, model_name
 
     cfg = load_config(config, overrides)
+    check_runner(cfg)
     name, run = cfg.data.dataset, Steps(cfg)
     tags = {"git_sha": git_sha(), "config_hash": cfg.digest(),
             "prefect_flow_run_id": str(get_run_context().flow_run.id), "dataset": name, "mode": cfg.flow.mode}
@@ -186,7 +220,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
         run.log("ingest", "data", {})
         run(validate_task)
         run.log("validate", "data", layout.load_stats(cfg, name))
-        manifest = run(embed_task)
+        manifest = run.sharded(embed_task, embed_shard_task, embed_plan)
         run.log("embed", "embed", {k: manifest.get(k) for k in ("items", "dim", "encoded", "cached")})
         tracker.log_inputs(cfg, layout.processed_dir(cfg, name) / "data_docs", layout.root(cfg) / "config.json")
         champion = (load_champion(cfg, model_name(cfg, "codebook", name), dataset=name)
@@ -246,7 +280,11 @@ def prepare(config: str = "params.yaml", overrides: list[str] | None = None, unt
         from semid.tasks.errors import PipelineError
 
         raise PipelineError(f"Unknown step '{until}'.", f"use one of {', '.join(names)}.")
+    check_runner(cfg)
     run = Steps(cfg)
     for step in DATA_STEPS[: names.index(until) + 1]:
-        run(step.with_options(retries=cfg.flow.retries) if step is ingest_task else step)
+        if step is embed_task:
+            run.sharded(embed_task, embed_shard_task, embed_plan)
+        else:
+            run(step.with_options(retries=cfg.flow.retries) if step is ingest_task else step)
     return {"dataset": cfg.data.dataset, "steps": run.states, "seconds": run.seconds}

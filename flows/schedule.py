@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from semid.flows.engine import on_engine
 from semid.flows.retrain import retrain
+from semid.tasks.config import load_config
 from semid.tasks.errors import PipelineError
 
 
@@ -16,5 +18,5 @@ def serve(cron: str, config: str = "params.yaml", overrides: list[str] | None = 
         raise PipelineError("No Prefect server: PREFECT_API_URL is not set.",
                             "start one with `prefect server start --host 127.0.0.1` and export "
                             "PREFECT_API_URL=http://127.0.0.1:4200/api.")
-    retrain.serve(name=name, cron=cron, parameters={"config": str(Path(config).resolve()),
-                                                    "overrides": list(overrides or [])})
+    params = {"config": str(Path(config).resolve()), "overrides": list(overrides or [])}
+    on_engine(retrain, load_config(config, overrides)).serve(name=name, cron=cron, parameters=params)

@@ -213,9 +213,10 @@ def still_valid(stage: Stage, cfg: Config, name: str, result: dict[str, Any]) ->
 @dataclass
 class StageCache(CachePolicy):
     """Prefect cache policy for a pipeline stage task: `stage_key` of the task's stage, over its config JSON and
-    dataset name, plus its other inputs except the run-specific ones (parent run id, tags)."""
+    dataset name, plus its other inputs except the run-specific ones (parent run id, tags, the shard manifests of a
+    sharded step: they follow from the stage's inputs)."""
 
-    run_specific: tuple[str, ...] = field(default=("config_json", "name", "tags", "parent"))
+    run_specific: tuple[str, ...] = field(default=("config_json", "name", "tags", "parent", "shards"))
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:

@@ -72,6 +72,7 @@ class EmbedConfig(Strict):
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"  # onnx: torch's vectors (float rounding), int8: ~0.993
     onnx_dir: str | None = None  # the exported ONNX models; default: ~/.cache/semid/onnx
     onnx_threads: int | None = Field(None, ge=1)  # onnxruntime intra-op threads; default: torch.get_num_threads()
+    shard_size: int = Field(50_000, ge=1)  # items per embedding shard (one task each, .map-ped by the flow)
 
 
 class GateConfig(Strict):
@@ -101,6 +102,17 @@ class FlowConfig(Strict):
     mode: Literal["retrain", "incremental"] = "retrain"  # incremental: encode new items with the champion codebook
     train_recommender: bool = True
     retries: int = Field(2, ge=0)  # for the I/O steps (fetch, register)
+    task_runner: Literal["local", "dask"] = "local"  # what runs the flow's mapped shard tasks (semid.flows.engine)
+    dask_address: str | None = None  # dask: an existing scheduler (tcp://host:8786); empty: a LocalCluster per run
+    workers: int = Field(2, ge=1)  # shard tasks at once: threads (local) or LocalCluster worker processes (dask)
+    threads_per_task: int | None = Field(None, ge=1)  # torch/onnxruntime/faiss threads a shard task uses;
+    # default: CPUs // workers. The same number on every runner gives bit-identical shards.
+
+    def task_threads(self) -> int:
+        """The torch / onnxruntime / faiss threads of one shard task. Decided by the config, never by where the
+        task lands (a Dask worker starts with OMP_NUM_THREADS=1), so one shard plan gives bit-identical shards on
+        every runner."""
+        return self.threads_per_task or max(1, (os.cpu_count() or 1) // self.workers)
 
 
 class Config(Strict):

@@ -15,7 +15,9 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -119,24 +121,43 @@ def verified(folder: Path, file: str) -> Path:
 
 
 class EmbeddingCache:
-    """Append-only shards of (text sha256 -> vector) for one encoder identity."""
+    """(text sha256 -> vector) entries of one encoder identity, append-only: each write is a pair
+    keys-<id>.npy (sha256 hex as bytes) + vectors-<id>.npy, the keys file renamed into place last, so a reader sees
+    whole entries only and writers never collide. A lookup reads the key files and only the matching rows of the
+    vector files (memory-mapped): its memory is that of the keys asked for, not of the cache. Entries written by
+    earlier versions (shard-*.npz) are read too."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.vectors: dict[str, np.ndarray] = {}
-        for shard in sorted(folder.glob("shard-*.npz")) if folder.exists() else []:
-            with np.load(shard) as z:
-                self.vectors.update(zip(z["keys"].tolist(), z["vectors"], strict=True))
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        want = np.unique(np.array(keys, dtype="S64"))
+        found: dict[str, np.ndarray] = {}
+        if not self.folder.exists() or not len(want):
+            return found
+        for keys_file in sorted(self.folder.glob("keys-*.npy")):
+            have = np.load(keys_file)
+            rows = np.flatnonzero(np.isin(have, want))
+            if len(rows):
+                vectors = np.load(keys_file.with_name("vectors-" + keys_file.name[5:]), mmap_mode="r")
+                found.update(zip(have[rows].astype(str).tolist(), np.asarray(vectors[rows]), strict=True))
+        for old in sorted(self.folder.glob("shard-*.npz")):
+            with np.load(old) as z:
+                have = z["keys"].astype("S64")
+                rows = np.flatnonzero(np.isin(have, want))
+                if len(rows):
+                    found.update(zip(have[rows].astype(str).tolist(), z["vectors"][rows], strict=True))
+        return found
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         if not keys:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = self.folder / f"shard-{time.time_ns()}.npz"
-        tmp = name.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), vectors=vectors.astype(np.float32))
-        tmp.rename(name)
-        self.vectors.update(zip(keys, vectors, strict=True))
+        entry = uuid.uuid4().hex
+        for kind, array in (("vectors", vectors.astype(np.float32)), ("keys", np.array(keys, dtype="S64"))):
+            tmp = self.folder / f".{kind}-{entry}.tmp.npy"
+            np.save(tmp, array)
+            tmp.rename(self.folder / f"{kind}-{entry}.npy")
 
 
 def cache_folder(cfg: Config) -> Path:
@@ -150,10 +171,11 @@ def encode_texts(
     """Vectors for texts via the cache; returns (vectors, distinct texts encoded now, items served from cache)."""
     cache = EmbeddingCache(cache_folder(cfg))
     keys = [text_sha(t) for t in texts]
-    hits = sum(k in cache.vectors for k in keys)
+    known = cache.get(keys)
+    hits = sum(k in known for k in keys)
     todo: dict[str, str] = {}
     for k, t in zip(keys, texts, strict=True):
-        if k not in cache.vectors and k not in todo:
+        if k not in known and k not in todo:
             todo[k] = t
     if todo:
         e = cfg.embed
@@ -170,8 +192,10 @@ def encode_texts(
                                             convert_to_numpy=True))
                 if bar:
                     bar.update(task, advance=len(batch))
-        cache.add(new_keys, np.concatenate(parts).astype(np.float32))
-    return np.stack([cache.vectors[k] for k in keys]).astype(np.float32), len(todo), hits
+        fresh = np.concatenate(parts).astype(np.float32)
+        cache.add(new_keys, fresh)
+        known.update(zip(new_keys, fresh, strict=True))
+    return np.stack([known[k] for k in keys]).astype(np.float32), len(todo), hits
 
 
 def _progress():
@@ -192,37 +216,167 @@ def check_vectors(vectors: np.ndarray, item_ids: list[Any]) -> None:
         )
 
 
-def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
-    """Embed every item of data/processed/NAME; returns the manifest."""
-    items = layout.load_processed(cfg, name)["items"].sort_values("item_id")
-    texts = items["text"].fillna("").astype(str).tolist()
-    empty = [str(s) for s, t in zip(items["source_id"], texts, strict=True) if not t.strip()]
-    if len(empty) == len(texts):
+def _item_texts(cfg: Config, name: str) -> tuple[list[Any], list[str]]:
+    """(source ids, texts) in item-id order, the first embed.max_items only if set."""
+    import pyarrow.parquet as pq
+
+    path = layout.processed_dir(cfg, name) / "items.parquet"
+    if not path.exists():
+        raise PipelineError(f"No processed data for '{name}' in {path.parent}.", f"run `semid data validate {name}`.")
+    table = pq.read_table(path, columns=["item_id", "source_id", "text"]).sort_by("item_id")
+    if cfg.embed.max_items:
+        table = table.slice(0, cfg.embed.max_items)
+    texts = [t or "" for t in table.column("text").to_pylist()]
+    return table.column("source_id").to_pylist(), texts
+
+
+def plan(name: str, cfg: Config) -> list[dict[str, int]]:
+    """The shard plan: consecutive item-id ranges, each one task, of embed.shard_size items or fewer so that every
+    one of flow.workers has a shard. Writes first.npy beside the shards: per item, the first item with the same
+    text. Only that item's shard encodes the text and the join copies its vector to the others, so a text's vector
+    never depends on which concurrent shard reached the cache first (sentence-transformers' vectors move in the
+    last bits with the batch a text is encoded in)."""
+    sources, texts = _item_texts(cfg, name)
+    if not any(t.strip() for t in texts):
         raise PipelineError(
             f"Dataset '{name}' has no item text, so it cannot get semantic IDs.",
             "use a dataset with text (semid data list, column 'text') or map text columns for your own data.",
         )
-    if cfg.embed.max_items:
-        texts = texts[: cfg.embed.max_items]
-        items = items.iloc[: cfg.embed.max_items]
+    seen: dict[str, int] = {}
+    first = np.array([seen.setdefault(text_sha(t), i) for i, t in enumerate(texts)], dtype=np.int64)
+    folder = layout.shards_dir(cfg, "embed", name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".first-{uuid.uuid4().hex}.npy"
+    np.save(tmp, first)
+    tmp.rename(folder / "first.npy")
+    return _ranges(len(texts), cfg)
+
+
+def _ranges(n: int, cfg: Config) -> list[dict[str, int]]:
+    size = max(1, min(cfg.embed.shard_size, -(-n // cfg.flow.workers)))
+    return [{"index": i, "start": lo, "stop": min(lo + size, n)} for i, lo in enumerate(range(0, n, size))]
+
+
+def _owned(cfg: Config, name: str, lo: int, hi: int) -> np.ndarray:
+    """The items in [lo, hi) whose text is encoded by this shard (the first item with that text)."""
+    first = np.load(layout.shards_dir(cfg, "embed", name) / "first.npy", mmap_mode="r")[lo:hi]
+    return np.flatnonzero(first == np.arange(lo, hi)) + lo
+
+
+def _worker_encoder(cfg: Config) -> Any:
+    """One encoder per worker thread and encoder config: loaded by the worker's first shard, reused by the rest
+    (sentence-transformers' tokenizer is not safe to share between threads)."""
+    e = cfg.embed
+    key = (e.model, e.backend, e.onnx_dir, e.onnx_threads, torch_threads())
+    if not hasattr(_ENCODERS, "by_key"):
+        _ENCODERS.by_key = {}
+    cache = _ENCODERS.by_key
+    if key not in cache:
+        cache[key] = load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads)
+    return cache[key]
+
+
+_ENCODERS = threading.local()
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_task_threads(n: int) -> None:
+    """A shard task's threads, set explicitly (a Dask worker starts with OMP_NUM_THREADS=1): torch and faiss."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def shard_path(cfg: Config, name: str, index: int) -> Path:
+    return layout.shards_dir(cfg, "embed", name) / f"shard-{index:05d}.npy"
+
+
+def embed_shard(name: str, cfg: Config, shard: dict[str, int], progress: bool = False) -> dict[str, Any]:
+    """Embed the texts a shard owns (through the text cache) into its shard file, written whole or not at all;
+    returns a small manifest (never the vectors)."""
+    set_task_threads(cfg.flow.task_threads())
+    sources, texts = _item_texts(cfg, name)
+    rows = _owned(cfg, name, shard["start"], shard["stop"])
     start = time.perf_counter()
-    vectors, fresh, hits = encode_texts(texts, cfg, progress)
-    seconds = time.perf_counter() - start
-    check_vectors(vectors, items["source_id"].tolist())
+    vectors, fresh, hits = encode_texts([texts[i] for i in rows], cfg, progress, encoder=_worker_encoder(cfg))
+    check_vectors(vectors, [sources[i] for i in rows])
+    out = shard_path(cfg, name, shard["index"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}-{uuid.uuid4().hex}.npy")
+    np.save(tmp, vectors)
+    tmp.rename(out)
+    copies = shard["stop"] - shard["start"] - len(rows)  # items whose text an earlier item has
+    return {**shard, "path": str(out), "sha256": sha256_file(out), "dim": int(vectors.shape[1]),
+            "encoded": fresh, "cached": hits + copies, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join the shard files, checked against their manifests, into features/NAME/embeddings.npy (written through
+    a memory map: one shard in memory at a time) + manifest.json; returns the manifest without the per-item text
+    hashes. The shard files are removed once the join is in place."""
+    sources, texts = _item_texts(cfg, name)
+    shards = sorted(shards, key=lambda s: s["start"])
+    covered = [(s["start"], s["stop"]) for s in shards]
+    expected = [(s["start"], s["stop"]) for s in _ranges(len(texts), cfg)]
+    if covered != expected:
+        raise PipelineError(f"The embedding shards of '{name}' cover {covered[:3]}..., not the plan {expected[:3]}...",
+                            f"run `semid embed {name}` again (the items changed since the shards were planned).")
+    for s in shards:
+        if not Path(s["path"]).exists() or sha256_file(Path(s["path"])) != s["sha256"]:
+            raise PipelineError(f"Embedding shard {s['path']} is missing or not the file its task wrote.",
+                                f"run `semid embed {name}` again.")
+    dim = shards[0]["dim"]
     manifest = {
         "dataset": name,
         "model": cfg.embed.model,
         "backend": cfg.embed.backend,
         "encoder": encoder_id(cfg.embed.model, cfg.embed.backend),  # the identity the cache is keyed by
-        "dim": int(vectors.shape[1]),
-        "items": int(len(vectors)),
-        "encoded": fresh,
-        "cached": int(hits),
-        "seconds": round(seconds, 3),
-        "text_sha256": [text_sha(t) for t in texts],
-        "empty_text_items": empty[:50],
+        "dim": int(dim),
+        "items": len(texts),
+        "shards": len(shards),
+        "encoded": sum(s["encoded"] for s in shards),
+        "cached": sum(s["cached"] for s in shards),
+        "seconds": round(sum(s["seconds"] for s in shards), 3),
+        "empty_text_items": [str(i) for i, t in zip(sources, texts, strict=True) if not t.strip()][:50],
     }
     with staged_dir(layout.features_dir(cfg, name)) as out:
-        np.save(out / "embeddings.npy", vectors)
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        array = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
+                                          shape=(len(texts), dim))
+        for s in shards:
+            array[_owned(cfg, name, s["start"], s["stop"])] = np.load(s["path"], mmap_mode="r")
+        first = np.load(layout.shards_dir(cfg, "embed", name) / "first.npy", mmap_mode="r")
+        for lo in range(0, len(first), 1 << 16):  # items sharing a text get its first item's vector
+            chunk = np.asarray(first[lo:lo + (1 << 16)])
+            copies = np.flatnonzero(chunk != np.arange(lo, lo + len(chunk)))
+            array[copies + lo] = array[chunk[copies]]
+        array.flush()
+        del array
+        record = {**manifest, "text_sha256": [text_sha(t) for t in texts]}
+        (out / "manifest.json").write_text(json.dumps(record, indent=1) + "\n")
+    shutil.rmtree(layout.shards_dir(cfg, "embed", name), ignore_errors=True)
     return manifest
+
+
+def embed(name: str, cfg: Config, progress: bool = False) -> dict[str, Any]:
+    """Embed every item of data/processed/NAME in this process, flow.workers shards at a time in threads (the
+    flow maps the same shards over its task runner; the same plan gives the same bytes); returns the manifest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = torch_threads()
+    try:
+        with ThreadPoolExecutor(cfg.flow.workers) as pool:
+            shards = list(pool.map(lambda s: embed_shard(name, cfg, s, progress), plan(name, cfg)))
+    finally:
+        set_task_threads(before)
+    return join(name, cfg, shards)

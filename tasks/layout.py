@@ -1,8 +1,9 @@
 """The data layout: every path under data.root and every loader of a step's outputs, in one place.
 
 data/raw/NAME (fetched snapshot), snapshots/NAME.json (its file list), processed/NAME (validated tables),
-features/NAME (embeddings), semantic/NAME (quantizer, codes, IDs, diagnostics, gate report), recommend/NAME and
-rank/NAME/MODEL (trained models), quarantine/NAME/<UTC time> (rejected batches), runs/NAME.json (flow summaries).
+features/NAME (embeddings), shards/STAGE/NAME (a sharded stage's shard files until they are joined),
+semantic/NAME (quantizer, codes, IDs, diagnostics, gate report), recommend/NAME and rank/NAME/MODEL (trained
+models), quarantine/NAME/<UTC time> (rejected batches), runs/NAME.json (flow summaries).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def processed_dir(cfg: Config, name: str) -> Path:
 
 def features_dir(cfg: Config, name: str) -> Path:
     return root(cfg) / "features" / name
+
+
+def shards_dir(cfg: Config, stage: str, name: str) -> Path:
+    """A sharded stage's per-shard files before they are joined into its output (then removed)."""
+    return root(cfg) / "shards" / stage / name
 
 
 def semantic_dir(cfg: Config, name: str) -> Path:
