@@ -169,6 +169,8 @@ def encode_texts(
     texts: list[str], cfg: Config, progress: bool = False, encoder: Any = None
 ) -> tuple[np.ndarray, int, int]:
     """Vectors for texts via the cache; returns (vectors, distinct texts encoded now, items served from cache)."""
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32), 0, 0
     cache = EmbeddingCache(cache_folder(cfg))
     keys = [text_sha(t) for t in texts]
     known = cache.get(keys)
@@ -336,7 +338,7 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         if not Path(s["path"]).exists() or sha256_file(Path(s["path"])) != s["sha256"]:
             raise PipelineError(f"Embedding shard {s['path']} is missing or not the file its task wrote.",
                                 f"run `semid embed {name}` again.")
-    dim = shards[0]["dim"]
+    dim = shards[0]["dim"]  # the first shard owns at least its first item's text
     manifest = {
         "dataset": name,
         "model": cfg.embed.model,
@@ -354,7 +356,8 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         array = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
                                           shape=(len(texts), dim))
         for s in shards:
-            array[_owned(cfg, name, s["start"], s["stop"])] = np.load(s["path"], mmap_mode="r")
+            if s["dim"]:  # a shard whose texts all appeared in earlier shards has no rows
+                array[_owned(cfg, name, s["start"], s["stop"])] = np.load(s["path"], mmap_mode="r")
         first = np.load(layout.shards_dir(cfg, "embed", name) / "first.npy", mmap_mode="r")
         for lo in range(0, len(first), 1 << 16):  # items sharing a text get its first item's vector
             chunk = np.asarray(first[lo:lo + (1 << 16)])

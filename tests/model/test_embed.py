@@ -27,3 +27,59 @@ def test_bad_vectors_are_named():
     v[3] = 0
     with pytest.raises(PipelineError, match=r"2 item embeddings are NaN/inf or zero \(items b, d\)"):
         check_vectors(v, ["a", "b", "c", "d"])
+
+
+def test_cache_lookup_reads_only_the_keys_asked_for_and_old_entries(tmp_path):
+    from semid.tasks.embed import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    keys = [f"{i:064x}" for i in range(6)]
+    vectors = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)
+    cache.add(keys[:3], vectors[:3])
+    cache.add(keys[3:5], vectors[3:5])
+    np.savez(tmp_path / "shard-1.npz", keys=np.array(keys[5:]), vectors=vectors[5:])  # the earlier format
+    got = cache.get([keys[4], keys[1], keys[5], "f" * 64])
+    assert sorted(got) == sorted([keys[1], keys[4], keys[5]])
+    for k in (1, 4, 5):
+        np.testing.assert_array_equal(got[keys[k]], vectors[k])
+    assert not list(tmp_path.glob(".*tmp*"))  # no staging files left
+
+
+def _shop(tmp_path, texts):
+    """A processed catalogue of the given texts (items 0..n-1), as the validate step leaves it."""
+    import pandas as pd
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", f"embed.cache_dir={tmp_path / 'cache'}",
+                             "data.dataset=shop", "embed.shard_size=2", "flow.threads_per_task=1"])
+    folder = tmp_path / "data" / "processed" / "shop"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"item_id": range(len(texts)), "source_id": [f"s{i}" for i in range(len(texts))],
+                  "text": texts}).to_parquet(folder / "items.parquet")
+    return cfg
+
+
+def test_sharded_embed_encodes_each_text_once_and_joins_in_item_order(tmp_path):
+    from semid.tasks import embed as step
+
+    texts = ["blue pen", "red pen", "blue pen", "stapler", "red pen"]
+    cfg = _shop(tmp_path, texts)
+    manifest = step.embed("shop", cfg)
+    assert (manifest["items"], manifest["shards"], manifest["encoded"]) == (5, 3, 3)
+    vectors = np.load(tmp_path / "data" / "features" / "shop" / "embeddings.npy")
+    alone, _, _ = step.encode_texts(texts, cfg)  # from the cache the shards filled
+    np.testing.assert_array_equal(vectors, alone)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not (tmp_path / "data" / "shards" / "embed" / "shop").exists()  # shard files removed after the join
+
+
+def test_join_refuses_a_changed_or_missing_shard(tmp_path):
+    from semid.tasks import embed as step
+
+    cfg = _shop(tmp_path, ["blue pen", "red pen", "stapler"])
+    shards = [step.embed_shard("shop", cfg, s) for s in step.plan("shop", cfg)]
+    np.save(shards[1]["path"], np.zeros((1, 384), dtype=np.float32))
+    with pytest.raises(PipelineError, match="not the file its task wrote"):
+        step.join("shop", cfg, shards)
+    with pytest.raises(PipelineError, match="not the plan"):
+        step.join("shop", cfg, shards[:1])
+    assert not (tmp_path / "data" / "features" / "shop").exists()  # nothing half-written
