@@ -64,7 +64,7 @@ class DRQ(RQVAE):
             self.history.append({"epoch": epoch, **totals})
         with torch.no_grad():
             self.codebooks = residual_kmeans(self.to_latent(x), self.levels, self.codebook_size, self.distances,
-                                             p.kmeans_iters, self.seed)
+                                             p.kmeans_iters, self.seed, p.kmeans)
 
 
 def cooccurrence_pairs(sequences: list[list[int]], window: int, holdout: int = 2) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from semid.models.determinism import deterministic
-from semid.models.kmeans import assign, kmeans
+from semid.models.kmeans import assign, faiss_kmeans, kmeans
 from semid.models.params import QuantizerParams
 
 IDENTITY = ("method", "levels", "codebook_size", "distances", "seed")  # quantizer.json's top-level fields
@@ -64,13 +64,15 @@ def residual_quantize(
 
 
 def residual_kmeans(
-    z: torch.Tensor, levels: int, k: int, distances: list[str], iters: int, seed: int
+    z: torch.Tensor, levels: int, k: int, distances: list[str], iters: int, seed: int, impl: str = "faiss"
 ) -> list[torch.Tensor]:
-    """Fit one k-means codebook per level on the residuals of the previous levels."""
+    """Fit one k-means codebook per level on the residuals of the previous levels (k-means by faiss, or by the
+    hand-written torch reference)."""
+    fit = faiss_kmeans if impl == "faiss" else kmeans
     codebooks = []
     residual = z
     for level in range(levels):
-        centers, idx = kmeans(residual, k, distances[level], iters=iters, seed=seed + level)
+        centers, idx = fit(residual, k, distances[level], iters=iters, seed=seed + level)
         codebooks.append(centers)
         residual = residual - centers[idx]
     return codebooks

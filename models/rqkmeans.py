@@ -1,4 +1,4 @@
-"""RQ-KMeans: residual k-means per level (k-means++ init), per-level distance, no learned encoder."""
+"""RQ-KMeans: residual k-means per level (faiss, or the torch reference), per-level distance, no learned encoder."""
 
 from __future__ import annotations
 
@@ -12,4 +12,4 @@ class RQKMeans(Quantizer):
 
     def _fit(self, x: torch.Tensor) -> None:
         self.codebooks = residual_kmeans(x, self.levels, self.codebook_size, self.distances,
-                                         self.params.kmeans_iters, self.seed)
+                                         self.params.kmeans_iters, self.seed, self.params.kmeans)

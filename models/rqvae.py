@@ -74,9 +74,12 @@ class RQVAE(Quantizer):
         self._build(x.shape[1])
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=p.lr)
-        with torch.no_grad():  # k-means init of every level on the (untrained) encoder's latents
+        # k-means init of every level on the (untrained) encoder's latents, by the torch reference: with faiss
+        # (random initial points, 2026-11-25) the ml-100k fit collapsed (active codes 71/41/64 %, duplicates 6.0 %
+        # vs 1.3 %); the k-means++-initialised faiss_kmeans has not been measured here yet.
+        with torch.no_grad():
             self.codebooks = residual_kmeans(self.encoder(x), self.levels, self.codebook_size, self.distances,
-                                             p.kmeans_iters, seed)
+                                             p.kmeans_iters, seed, "torch")
         k, n = self.codebook_size, x.shape[0]
         ema_count = [torch.ones(k) for _ in range(self.levels)]
         ema_sum = [cb.clone() for cb in self.codebooks]

@@ -19,8 +19,8 @@ from tests.integration.conftest import shop_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-EDIT = ("centers, idx = kmeans(residual, k, distances[level], iters=iters, seed=seed + level)",
-        "centers, idx = kmeans(residual, k, distances[level], iters=iters, seed=seed + level + 1)")
+EDIT = ("centers, idx = fit(residual, k, distances[level], iters=iters, seed=seed + level)",
+        "centers, idx = fit(residual, k, distances[level], iters=iters, seed=seed + level + 1)")
 
 
 def _copy_package(dest: Path) -> Path:

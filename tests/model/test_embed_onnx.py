@@ -68,9 +68,10 @@ def test_int8_is_close_but_another_encoder(onnx_dir, torch_vectors, tmp_path):
     assert (encoded, hits) == (0, 2)  # fp32 shares them
 
 
-def test_manifest_records_the_backend(onnx_dir, tmp_path, monkeypatch):
+def test_manifest_records_the_backend(onnx_dir, tmp_path):
     items = pd.DataFrame({"item_id": [0, 1], "source_id": ["a", "b"], "text": TEXTS[2:4]})
-    monkeypatch.setattr(step.layout, "load_processed", lambda cfg, name: {"items": items})
+    (tmp_path / "data" / "processed" / "shop").mkdir(parents=True)
+    items.to_parquet(tmp_path / "data" / "processed" / "shop" / "items.parquet")
     for backend in ("torch", "onnx-int8"):
         cfg = load_config(None, [f"data.root={tmp_path / 'data'}", f"embed.cache_dir={tmp_path / 'cache'}",
                                  f"embed.onnx_dir={onnx_dir}", f"embed.backend={backend}"])

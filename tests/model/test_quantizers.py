@@ -143,3 +143,46 @@ def test_drq_pairs_come_from_training_prefixes_only(tmp_path, monkeypatch):
         step.quantize("shop", cfg)
     used = {i for pair in seen["pairs"].tolist() for i in pair}
     assert used == {0, 1, 2, 5, 6} and not used & {3, 4, 7, 8}
+
+
+def _blobs(n_per: int = 60, k: int = 8, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 5
+    labels = np.repeat(np.arange(k), n_per)
+    return (centers[labels] + rng.normal(size=(len(labels), d))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_faiss_kmeans_keeps_the_torch_contract(distance):
+    """As tight as the torch reference on blobs (summed over seeds: faiss starts from random points, not k-means++,
+    so one seed may split a blob); centers are member means (cosine too, so residuals can subtract them); the same
+    seed gives the same centers."""
+    import torch
+
+    from semid.models.kmeans import assign, faiss_kmeans, kmeans
+
+    x, _ = _blobs()
+    t = torch.from_numpy(x)
+    cost = {"faiss": 0.0, "torch": 0.0}
+    for seed in range(5):
+        for impl, fit in (("faiss", faiss_kmeans), ("torch", kmeans)):
+            centers, idx = fit(t, 8, distance, iters=20, seed=seed)
+            cost[impl] += float(assign(t, centers, distance)[1].sum())
+    assert cost["faiss"] <= 1.25 * cost["torch"], cost
+    centers, idx = faiss_kmeans(t, 8, distance, iters=20, seed=3)
+    for c in range(8):
+        np.testing.assert_allclose(centers[c].numpy(), x[idx.numpy() == c].mean(0), rtol=1e-5, atol=1e-5)
+    again, _ = faiss_kmeans(t, 8, distance, iters=20, seed=3)
+    assert torch.equal(centers, again)
+    with pytest.raises(ValueError, match="at least 8 points"):
+        faiss_kmeans(t[:5], 8, distance)
+
+
+def test_rqkmeans_faiss_reconstructs_like_the_torch_reference():
+    x, _ = _blobs(n_per=40, k=16, d=24, seed=1)
+    mse = {}
+    for impl in ("faiss", "torch"):
+        q = _build(QuantizerParams(method="rqkmeans", levels=2, codebook_size=16, distances=["cosine", "euclidean"],
+                                   kmeans=impl, kmeans_iters=25, seed=0)).fit(x)
+        mse[impl] = float(np.mean((q.decode(q.encode(x)) - x) ** 2))
+    assert mse["faiss"] <= 1.1 * mse["torch"], mse
