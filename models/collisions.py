@@ -33,10 +33,12 @@ def dedup_level(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, extra[:, None]], axis=1)
 
 
-def reassign(codes: np.ndarray, last_cost: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def reassign(codes: np.ndarray, last_cost: np.ndarray | LastLevelCost, fixed: np.ndarray | None = None
+             ) -> tuple[np.ndarray, int]:
     """Resolve collisions on the last level.
 
-    last_cost [N, K]: cost of giving item i last-level code k (its distance to that codeword).
+    last_cost [N, K]: cost of giving item i last-level code k (its distance to that codeword); or a
+    LastLevelCost, which computes the rows of the colliding items only.
     Inside each prefix group (same first L-1 codes) the items that collide, together with the
     codes they collide on and every code free in that group, form an assignment problem solved
     optimally (Hungarian); items alone on their code keep it. Groups with more items than codes
@@ -47,6 +49,7 @@ def reassign(codes: np.ndarray, last_cost: np.ndarray, fixed: np.ndarray | None 
     """
     out = codes.copy()
     k = last_cost.shape[1]
+    rows_of = last_cost.rows if isinstance(last_cost, LastLevelCost) else (lambda idx: last_cost[idx])
     fixed = np.zeros(len(codes), dtype=bool) if fixed is None else fixed
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, row in enumerate(codes[:, :-1]):
@@ -63,7 +66,7 @@ def reassign(codes: np.ndarray, last_cost: np.ndarray, fixed: np.ndarray | None 
         options = [c for c in range(k) if c not in taken]
         if len(movers) > len(options):
             continue  # overfull prefix: left for the dedup fallback
-        cost = last_cost[np.ix_(movers, options)]
+        cost = rows_of(movers)[:, options]
         rows, cols = linear_sum_assignment(cost)
         for r, c in zip(rows, cols, strict=True):
             new = options[c]
@@ -141,6 +144,19 @@ def last_level_cost(quantizer: Quantizer, residual_last: torch.Tensor) -> np.nda
     if quantizer.distances[-1] == "cosine":
         return (1 - F.normalize(residual_last, dim=1) @ F.normalize(cb, dim=1).T).numpy()
     return pairwise_sq_dist(residual_last, cb).numpy()
+
+
+class LastLevelCost:
+    """`last_level_cost` row by row on demand: only the colliding items' rows are ever computed (by encoding
+    those items again), so collision resolution needs no N x K matrix (1 GB at 1M items and K = 256)."""
+
+    def __init__(self, quantizer: Quantizer, x: np.ndarray):
+        self.quantizer, self.x = quantizer, x
+        self.shape = (len(x), quantizer.codebook_size)
+
+    def rows(self, idx: list[int]) -> np.ndarray:
+        _, residuals = self.quantizer.encode_with_residuals(np.asarray(self.x[np.asarray(idx)]))
+        return last_level_cost(self.quantizer, residuals[-1])
 
 
 def _costs(r: torch.Tensor, cb: torch.Tensor, distance: str) -> torch.Tensor:

@@ -50,6 +50,7 @@ class QuantizerParams(Strict):
     collapse_active: float = Field(0.5, ge=0, le=1)  # rqvae: a level using fewer codes than this share = collapsed
     collapse_restarts: int = Field(2, ge=0)  # rqvae: collapsed fits are trained again from seed + 1, seed + 2, ...
     kmeans_iters: int = Field(100, ge=1)
+    fit_sample: int | None = Field(100_000, ge=1)  # fit on a seeded sample of this many items (null: all)
     kmeans: Literal["faiss", "torch"] = "faiss"  # k-means of RQ-KMeans and DRQ (the RQ-VAE init stays on torch)
     kl_weight: float = Field(1e-4, ge=0)  # drq
     contrastive_weight: float = Field(0.0, ge=0)  # drq: InfoNCE on co-occurring items

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semid.models.collisions import duplicate_rate, extend_ids, last_level_cost, nearest_free_id, resolve
+from semid.models.collisions import (
+    LastLevelCost,
+    duplicate_rate,
+    extend_ids,
+    last_level_cost,
+    nearest_free_id,
+    resolve,
+)
 from semid.models.params import QuantizerParams
 from semid.models.quantizer import Quantizer, build_quantizer
 
@@ -37,13 +44,42 @@ def fit_and_encode(x: np.ndarray, params: QuantizerParams, pairs: np.ndarray | N
     """Fit + encode + resolve collisions. Returns quantizer, codes, ids, collision info and timings.
     Raises QuantizerInputError on unusable input."""
     quantizer = build_quantizer(params)
+    sample = fit_sample(len(x), params)
     start = time.perf_counter()
-    quantizer.fit(x, pairs=pairs) if params.method == "drq" else quantizer.fit(x)
+    if sample is None:
+        quantizer.fit(x, pairs=pairs) if params.method == "drq" else quantizer.fit(x)
+    elif params.method == "drq":
+        quantizer.fit(np.asarray(x[sample]), pairs=_pairs_within(pairs, sample, len(x)))
+    else:
+        quantizer.fit(np.asarray(x[sample]))
     fit_seconds = time.perf_counter() - start
-    codes, residuals = quantizer.encode_with_residuals(x)
-    ids, info = resolve(codes, params.collision, last_level_cost(quantizer, residuals[-1]))
+    codes = encode_chunked(quantizer, x)
+    ids, info = resolve(codes, params.collision, LastLevelCost(quantizer, x))
     return {"quantizer": quantizer, "codes": codes, "ids": ids, "collision": info, "fit_seconds": fit_seconds,
             "pre_duplicate_rate": duplicate_rate(codes), "final_duplicate_rate": duplicate_rate(ids)}
+
+
+def fit_sample(n: int, params: QuantizerParams) -> np.ndarray | None:
+    """The items the quantizer is fitted on: all of them up to quantizer.fit_sample, else a seeded sample of that
+    many (sorted item ids), so the fit time stops growing with the catalogue; every item is encoded after."""
+    if params.fit_sample is None or n <= params.fit_sample:
+        return None
+    return np.sort(np.random.default_rng(params.seed).choice(n, params.fit_sample, replace=False))
+
+
+def _pairs_within(pairs: np.ndarray | None, sample: np.ndarray, n: int) -> np.ndarray | None:
+    """DRQ's co-occurrence pairs between sampled items, renumbered to rows of the sample."""
+    if pairs is None:
+        return None
+    row = np.full(n, -1, dtype=np.int64)
+    row[sample] = np.arange(len(sample))
+    mapped = row[np.asarray(pairs)]
+    return mapped[(mapped >= 0).all(axis=1)]
+
+
+def encode_chunked(quantizer: Quantizer, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Codes [N, L] encoded `chunk` items at a time (x may be a memory map): memory is one chunk's residuals."""
+    return np.concatenate([quantizer.encode(np.asarray(x[lo:lo + chunk])) for lo in range(0, len(x), chunk)])
 
 
 def extend(quantizer: Quantizer, x: np.ndarray, source_ids: np.ndarray, known_ids: dict[str, np.ndarray],

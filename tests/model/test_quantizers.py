@@ -186,3 +186,35 @@ def test_rqkmeans_faiss_reconstructs_like_the_torch_reference():
                                    kmeans=impl, kmeans_iters=25, seed=0)).fit(x)
         mse[impl] = float(np.mean((q.decode(q.encode(x)) - x) ** 2))
     assert mse["faiss"] <= 1.1 * mse["torch"], mse
+
+
+def test_fit_on_a_seeded_sample_encodes_every_item():
+    """quantizer.fit_sample bounds the fit: a catalogue above it is fitted on a seeded sample (the same for the same
+    seed) and every item gets codes; below it, the fit sees every item (identical to no cap)."""
+    from semid.models.semantic_ids import fit_and_encode, fit_sample
+
+    x, _ = _blobs(n_per=50, k=8, d=16, seed=2)
+    base = dict(method="rqkmeans", levels=2, codebook_size=8, distances=["cosine", "euclidean"], kmeans_iters=10)
+    capped = fit_and_encode(x, QuantizerParams(**base, fit_sample=100))
+    assert capped["codes"].shape == (400, 2) and capped["ids"].shape[0] == 400
+    assert np.array_equal(fit_sample(400, QuantizerParams(**base, fit_sample=100)),
+                          fit_sample(400, QuantizerParams(**base, fit_sample=100)))
+    assert len(fit_sample(400, QuantizerParams(**base, fit_sample=100))) == 100
+    assert fit_sample(400, QuantizerParams(**base, fit_sample=400)) is None
+    full = fit_and_encode(x, QuantizerParams(**base, fit_sample=None))
+    same = fit_and_encode(x, QuantizerParams(**base, fit_sample=10_000))
+    assert np.array_equal(full["ids"], same["ids"])
+    assert not np.array_equal(full["codes"], capped["codes"])  # fitted on less, codebooks differ
+
+
+def test_collisions_resolved_from_lazy_rows_equal_the_full_cost_matrix():
+    from semid.models.collisions import LastLevelCost, last_level_cost, reassign
+
+    x, _ = _blobs(n_per=40, k=4, d=8, seed=4)
+    q = _build(QuantizerParams(method="rqkmeans", levels=2, codebook_size=4, distances=["cosine", "euclidean"],
+                               kmeans_iters=10)).fit(x)
+    codes, residuals = q.encode_with_residuals(x)
+    full = last_level_cost(q, residuals[-1])
+    lazy = LastLevelCost(q, x)
+    np.testing.assert_allclose(lazy.rows([3, 0, 7]), full[[3, 0, 7]], rtol=1e-6, atol=1e-6)
+    assert np.array_equal(reassign(codes, lazy)[0], reassign(codes, full)[0])
