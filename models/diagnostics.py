@@ -164,15 +164,39 @@ def diagnose(
     return {"levels": levels, "ids": id_report(codes)}
 
 
-def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, params: DiagnoseParams) -> dict[str, Any]:
+def report(quantizer: Quantizer, x: np.ndarray, final_ids: np.ndarray | None, params: DiagnoseParams,
+           codes: np.ndarray | None = None, chunk: int = 65_536) -> dict[str, Any]:
     """All diagnostics for a fit quantizer on embeddings x: per level, pre-resolution IDs, reconstruction MSE,
-    and the final (collision-resolved) IDs when given."""
-    codes, residuals = quantizer.encode_with_residuals(x)
-    out = diagnose(codes, [cb.numpy() for cb in quantizer.codebooks], quantizer.distances,
-                   [r.numpy() for r in residuals], params.rho, params.mc_samples, params.seed)
+    and the final (collision-resolved) IDs when given.
+
+    Streamed over `chunk` items at a time (x may be a memory map): the reconstruction errors and the catalogue
+    mean come from per-chunk sums, so memory is one chunk's residuals, never 3 x N x d. With `codes` (the quantize
+    step's pre-resolution codes) nothing is re-encoded: the latents are computed chunk by chunk and the stored codes
+    subtracted from them."""
+    n, dim = x.shape
+    codebooks = [cb.numpy() for cb in quantizer.codebooks]
+    level_sq = np.zeros(len(codebooks))
+    recon_sq, total, total_sq, latent_dim = 0.0, np.zeros(dim), 0.0, 1
+    parts = []
+    for lo in range(0, n, chunk):
+        xc = np.asarray(x[lo:lo + chunk], dtype=np.float32)
+        cc = quantizer.encode(xc) if codes is None else np.asarray(codes[lo:lo + chunk])
+        parts.append(cc)
+        residual = quantizer.latent(xc).numpy().astype(np.float64)
+        latent_dim = residual.shape[1]
+        for level, cb in enumerate(codebooks):
+            residual = residual - cb[cc[:, level]]
+            level_sq[level] += float((residual**2).sum())
+        recon_sq += float(((quantizer.decode(cc) - xc).astype(np.float64) ** 2).sum())
+        total += xc.sum(axis=0, dtype=np.float64)
+        total_sq += float((xc.astype(np.float64) ** 2).sum())
+    codes = np.concatenate(parts) if parts else np.zeros((0, len(codebooks)), dtype=np.int64)
+    out = diagnose(codes, codebooks, quantizer.distances, None, params.rho, params.mc_samples, params.seed)
+    for level, rep in enumerate(out["levels"]):
+        rep["recon_mse"] = level_sq[level] / (n * latent_dim)
     out["ids"]["pre_resolution"] = True
-    out["recon_mse"] = float(np.mean((quantizer.decode(codes) - x) ** 2))
-    out["recon_mse_baseline"] = float(np.mean((x - x.mean(axis=0)) ** 2))  # predicting the catalogue mean
+    out["recon_mse"] = recon_sq / (n * dim)
+    out["recon_mse_baseline"] = (total_sq - float((total**2).sum()) / n) / (n * dim)  # predicting the mean
     out["final_ids"] = id_report(final_ids) if final_ids is not None else None
     out["method"] = quantizer.method
     out["distances"] = quantizer.distances

@@ -30,7 +30,10 @@ class QuantizerInputError(ValueError):
 
 
 def check_input(x: np.ndarray | torch.Tensor, dim: int | None, min_rows: int = 1) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        x = x if x.flags.writeable else x.copy()  # a read-only memory map: torch wants its own copy
+    t = torch.as_tensor(x).float()
     if t.ndim != 2:
         raise QuantizerInputError(f"expected a 2-d array [items, dim], got shape {tuple(t.shape)}")
     if dim is not None and t.shape[1] != dim:

@@ -47,7 +47,8 @@ def fit_and_encode(x: np.ndarray, params: QuantizerParams, pairs: np.ndarray | N
     sample = fit_sample(len(x), params)
     start = time.perf_counter()
     if sample is None:
-        quantizer.fit(x, pairs=pairs) if params.method == "drq" else quantizer.fit(x)
+        x_fit = np.asarray(x)
+        quantizer.fit(x_fit, pairs=pairs) if params.method == "drq" else quantizer.fit(x_fit)
     elif params.method == "drq":
         quantizer.fit(np.asarray(x[sample]), pairs=_pairs_within(pairs, sample, len(x)))
     else:

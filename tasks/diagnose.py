@@ -66,9 +66,13 @@ def diagnose(name: str, cfg: Config) -> dict[str, Any]:
     if not (folder / "quantizer" / "quantizer.json").exists():
         raise PipelineError(f"No quantizer for '{name}' in {folder}.", f"run `semid quantize {name}` first.")
     quantizer = Quantizer.load(folder / "quantizer")
-    x = layout.load_embeddings(cfg, name)
+    x = layout.load_embeddings(cfg, name, mmap=True)
     ids = pd.read_parquet(folder / "ids.parquet")
-    diag = report(quantizer, x, ids[code_columns(ids)].to_numpy(), cfg.diagnose)
+    codes = np.load(folder / "codes.npy", mmap_mode="r")
+    if codes.shape[0] != x.shape[0]:
+        raise PipelineError(f"{folder / 'codes.npy'} has {codes.shape[0]} items but the embeddings have {x.shape[0]}.",
+                            f"run `semid quantize {name}` again.")
+    diag = report(quantizer, x, ids[code_columns(ids)].to_numpy(), cfg.diagnose, codes=codes)
     diag["dataset"] = name
     (folder / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
     (folder / "metrics.json").write_text(json.dumps(flat_metrics(diag), indent=2) + "\n")

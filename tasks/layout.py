@@ -119,11 +119,12 @@ def load_stats(cfg: Config, name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_embeddings(cfg: Config, name: str) -> np.ndarray:
+def load_embeddings(cfg: Config, name: str, mmap: bool = False) -> np.ndarray:
+    """features/NAME/embeddings.npy, in memory or (mmap) memory-mapped read-only for streamed steps."""
     path = features_dir(cfg, name) / "embeddings.npy"
     if not path.exists():
         raise PipelineError(f"No embeddings for '{name}' at {path}.", f"run `semid embed {name}` first.")
-    return np.load(path)
+    return np.load(path, mmap_mode="r" if mmap else None)
 
 
 def require_codebook(folder: Path) -> Path:

@@ -46,7 +46,7 @@ def _write(name: str, cfg: Config, quantizer: Quantizer, codes: np.ndarray, ids:
 
 def quantize(name: str, cfg: Config) -> dict[str, Any]:
     """Fit + encode + resolve collisions on NAME's embeddings; DRQ's contrastive pairs come from user sequences."""
-    x = layout.load_embeddings(cfg, name)
+    x = layout.load_embeddings(cfg, name, mmap=True)
     pairs = None
     if cfg.quantizer.method == "drq" and cfg.quantizer.contrastive_weight > 0:
         inter = layout.load_processed(cfg, name)["interactions"]
