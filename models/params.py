@@ -87,7 +87,10 @@ class RecommendParams(Strict):
     model: registered("recommender") = "sasrec"
     item_repr: Literal["id", "semantic", "unified"] = "unified"
     joint: bool = False  # train the RQ-VAE inside the recommender (rec + reconstruction + commitment loss)
-    loss: Literal["ce", "bce"] = "ce"
+    loss: Literal["ce", "bce", "sampled"] = "ce"  # full softmax | 1 negative per position | sampled softmax
+    train_negatives: int = Field(256, ge=1)  # sampled: negatives shared by every position of a batch
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"  # sampled: q(item) uniform or train frequency
+    logq: bool = True  # sampled: subtract log(K q(item)) from every logit (the sampling correction)
     id_dim: int = Field(64, ge=1)  # ID embedding size in `id` mode
     unified_id_dim: int = Field(8, ge=1)  # ID part of the unified item vector
     unified_id_scale: float = Field(4.0, gt=0)  # multiplies that ID part: its init and its effective learning rate

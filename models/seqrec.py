@@ -49,8 +49,9 @@ class SequentialRecommender(nn.Module):
         return h[torch.arange(len(seq)), lengths - 1]
 
     def loss(self, seq: torch.Tensor, target: torch.Tensor, kind: str = "ce",
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Next-item loss over every real position. kind: 'ce' (full softmax) or 'bce' (1 sampled negative)."""
+             generator: torch.Generator | None = None, sampler: NegativeSampler | None = None) -> torch.Tensor:
+        """Next-item loss over every real position. kind: 'ce' (full softmax), 'bce' (1 sampled negative) or
+        'sampled' (softmax over the target and the sampler's shared negatives: no B x T x N logits)."""
         table, aux = self.items()
         h = self.encode(seq, table)
         valid = target > 0
@@ -58,8 +59,12 @@ class SequentialRecommender(nn.Module):
         if kind == "ce":
             logits = hv @ table[1:].T
             return F.cross_entropy(logits, tv - 1) + aux
+        if kind == "sampled":
+            if sampler is None:
+                raise ValueError("loss 'sampled' needs a NegativeSampler")
+            return sampler.loss(hv, tv, table, generator) + aux
         if kind != "bce":
-            raise ValueError(f"loss must be 'ce' or 'bce', got {kind!r}")
+            raise ValueError(f"loss must be 'ce', 'bce' or 'sampled', got {kind!r}")
         n = self.items.n_items
         neg = torch.randint(1, n + 1, tv.shape, generator=generator)
         clash = neg == tv
@@ -75,6 +80,39 @@ class SequentialRecommender(nn.Module):
         if table is None:
             table, _ = self.items()
         return self.last_hidden(seq, lengths, table) @ table[1:].T
+
+
+class NegativeSampler:
+    """Sampled softmax: K negatives per batch, shared by all its positions, drawn from q (uniform, or the items'
+    training frequency). With logQ correction every logit s(i) becomes s(i) - log(K q(i)), which makes the sampled
+    loss an unbiased stand-in for the full softmax under a non-uniform q; a negative that is the position's own
+    target is masked out."""
+
+    def __init__(self, q: torch.Tensor, k: int, logq: bool = True):
+        if q.ndim != 1 or not bool(torch.isfinite(q).all()) or float(q.min()) < 0 or float(q.sum()) <= 0:
+            raise ValueError("q must be a finite, non-negative distribution over items")
+        self.q, self.k, self.logq = q / q.sum(), k, logq
+
+    @classmethod
+    def from_params(cls, split: Split, p: RecommendParams) -> NegativeSampler:
+        if p.negative_sampling == "uniform":
+            q = torch.ones(split.n_items)
+        else:  # training frequency, every item at least once so each can be drawn
+            q = torch.from_numpy(np.bincount(np.concatenate(split.train), minlength=split.n_items + 1)[1:]).float()
+            q = q + 1
+        return cls(q, p.train_negatives, p.logq)
+
+    def loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        neg = torch.multinomial(self.q, self.k, replacement=True, generator=generator) + 1  # item ids
+        pos = (h * table[target]).sum(-1, keepdim=True)
+        negs = h @ table[neg].T
+        if self.logq:
+            pos = pos - torch.log(self.k * self.q[target - 1])[:, None]
+            negs = negs - torch.log(self.k * self.q[neg - 1])[None, :]
+        negs = negs.masked_fill(neg[None, :] == target[:, None], float("-inf"))
+        logits = torch.cat([pos, negs], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long))
 
 
 def build_recommender(n_items: int, p: RecommendParams, codes: np.ndarray | None = None,
@@ -175,7 +213,9 @@ class MostPopular:
 @torch.no_grad()
 def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
              batch_size: int = 1024) -> dict[str, dict]:
-    """Metrics per protocol for the 'valid' or 'test' targets, batched matrix scoring."""
+    """Metrics per protocol for the 'valid' or 'test' targets, batched matrix scoring; a batch holds at most 2^26
+    scores (256 MB: 64 users at 1M items), whatever batch_size says."""
+    batch_size = max(1, min(batch_size, (1 << 26) // max(1, split.n_items)))
     table = None
     if isinstance(model, nn.Module):
         model.eval()
@@ -208,6 +248,7 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
           on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train with early stopping on the validation metric (masked or not, as configured); best weights restored."""
     protocol = "full_masked" if p.mask_history else "full"
+    sampler = NegativeSampler.from_params(split, p) if p.loss == "sampled" else None
 
     def validate() -> tuple[float, dict[str, float]]:
         value = evaluate(model, split, "valid", p.max_len, p.eval_batch_size)[protocol][p.monitor]
@@ -217,7 +258,7 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
                   epochs=p.epochs, patience=p.patience, seed=p.seed, min_epochs=p.min_epochs,
                   smoothing=p.smoothing,
                   batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen, p.every_window),
-                  loss=lambda batch, gen: model.loss(batch[0], batch[1], p.loss, gen),
+                  loss=lambda batch, gen: model.loss(batch[0], batch[1], p.loss, gen, sampler),
                   validate=validate, on_epoch=on_epoch)
     return {**summary, "monitor": f"valid {protocol} {p.monitor}"}
 

@@ -49,11 +49,11 @@ def test_unified_item_vector_is_codeword_sum_plus_id():
         ItemTable(3, "semantic")
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
+@pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
 def test_sasrec_learns_a_predictable_sequence_and_is_deterministic(loss):
     seqs = _cycle_sequences()
     rc = RecommendParams(item_repr="id", id_dim=32, loss=loss, epochs=15, patience=15, dropout=0.1, lr=5e-3,
-                         max_len=10, negatives=10, layers=1)
+                         max_len=10, negatives=10, layers=1, train_negatives=8, negative_sampling="popularity")
     split = Split(seqs, 30, rc.negatives, 0)
     runs = []
     for _ in range(2):
@@ -190,3 +190,29 @@ def test_joint_rqvae_inside_sasrec_trains_end_to_end():
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the tokenizer was trained
     _, new_codes, aux = model.items.joint()
     assert new_codes.shape == (30, 2) and torch.isfinite(aux)
+
+
+def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
+    """Two positions, K = 3 negatives drawn from q; the loss equals the hand-computed softmax over the target and
+    the negatives, each logit minus log(K q(item)), with a negative equal to the position's target removed."""
+    from semid.models.seqrec import NegativeSampler
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # row 0 = padding
+    h = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([1, 2])
+    q = torch.tensor([0.5, 0.25, 0.25])
+    sampler = NegativeSampler(q, 3, logq=True)
+    gen = torch.Generator().manual_seed(0)
+    neg = torch.multinomial(q, 3, replacement=True, generator=torch.Generator().manual_seed(0)) + 1
+    got = sampler.loss(h, target, table, gen)
+    expected = []
+    for i in range(2):
+        pos = float(h[i] @ table[target[i]]) - np.log(3 * float(q[target[i] - 1]))
+        negs = [float(h[i] @ table[j]) - np.log(3 * float(q[j - 1])) for j in neg.tolist() if j != int(target[i])]
+        logits = np.array([pos, *negs])
+        expected.append(-pos + np.log(np.exp(logits).sum()))
+    assert abs(float(got) - float(np.mean(expected))) < 1e-5
+    plain = NegativeSampler(q, 3, logq=False).loss(h, target, table, torch.Generator().manual_seed(0))
+    assert abs(float(plain) - float(got)) > 1e-3  # the correction changes the loss under a non-uniform q
+    with pytest.raises(ValueError, match="distribution"):
+        NegativeSampler(torch.tensor([0.5, float("nan")]), 3)
