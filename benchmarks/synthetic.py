@@ -40,7 +40,6 @@ items' pipeline texts (semid.tasks.embed.encode_texts, served from the embedding
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -55,6 +54,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from semid.tasks.fsutil import sha256_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = {  # dataset folder -> the item file read
@@ -79,14 +80,6 @@ _PRICE = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("SEMID_DATA_MIRROR") or REPO.parent / "shared" / "datasets")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- real items

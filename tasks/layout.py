@@ -44,11 +44,6 @@ def features_dir(cfg: Config, name: str) -> Path:
     return root(cfg) / "features" / name
 
 
-def shards_dir(cfg: Config, stage: str, name: str) -> Path:
-    """A sharded stage's per-shard files before they are joined into its output (then removed)."""
-    return root(cfg) / "shards" / stage / name
-
-
 def semantic_dir(cfg: Config, name: str) -> Path:
     return root(cfg) / "semantic" / name
 
@@ -63,6 +58,11 @@ def rank_dir(cfg: Config, name: str, model: str) -> Path:
 
 def run_summary(cfg: Config, name: str) -> Path:
     return root(cfg) / "runs" / f"{name}.json"
+
+
+def shards_dir(cfg: Config, stage: str, name: str) -> Path:
+    """A sharded stage's per-shard files, from its tasks until they are joined into its output (then removed)."""
+    return root(cfg) / "shards" / stage / name
 
 
 def local_inputs(cfg: Config) -> list[Path] | None:
