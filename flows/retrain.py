@@ -59,7 +59,7 @@ def validate_task(name: str, config_json: str) -> dict[str, Any]:
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=2)
-def embed_shard_task(name: str, config_json: str, shard: dict[str, int]) -> dict[str, Any]:
+def embed_shard_task(name: str, config_json: str, shard: dict[str, Any]) -> dict[str, Any]:
     """One shard of items through the text cache into its shard file; returns its small manifest."""
     from semid.tasks.embed import embed_shard
 
@@ -142,7 +142,7 @@ def promote_pair_task(name: str, config_json: str, codebook: dict[str, Any], dia
     return promote_pair(name, _cfg(config_json), codebook, diag, registered, metrics, tags, parent)
 
 
-def embed_plan(name: str, cfg: Config) -> list[dict[str, int]]:
+def embed_plan(name: str, cfg: Config) -> list[dict[str, Any]]:
     from semid.tasks.embed import plan
 
     return plan(name, cfg)

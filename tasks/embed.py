@@ -232,12 +232,15 @@ def _item_texts(cfg: Config, name: str) -> tuple[list[Any], list[str]]:
     return table.column("source_id").to_pylist(), texts
 
 
-def plan(name: str, cfg: Config) -> list[dict[str, int]]:
+def plan(name: str, cfg: Config) -> list[dict[str, Any]]:
     """The shard plan: consecutive item-id ranges, each one task, of embed.shard_size items or fewer so that every
-    one of flow.workers has a shard. Writes first.npy beside the shards: per item, the first item with the same
-    text. Only that item's shard encodes the text and the join copies its vector to the others, so a text's vector
-    never depends on which concurrent shard reached the cache first (sentence-transformers' vectors move in the
-    last bits with the batch a text is encoded in)."""
+    one of flow.workers has a shard, all in one folder of this run (shards/embed/NAME/<run token>/: concurrent
+    runs never share shard files; folders a killed run left over a day ago are removed).
+
+    Writes first.npy there: per item, the first item with the same text. Only that item's shard encodes the text
+    and the join copies its vector to the others, so a text's vector never depends on which concurrent shard
+    reached the cache first (sentence-transformers' vectors move in the last bits with the batch a text is
+    encoded in)."""
     sources, texts = _item_texts(cfg, name)
     if not any(t.strip() for t in texts):
         raise PipelineError(
@@ -246,12 +249,14 @@ def plan(name: str, cfg: Config) -> list[dict[str, int]]:
         )
     seen: dict[str, int] = {}
     first = np.array([seen.setdefault(text_sha(t), i) for i, t in enumerate(texts)], dtype=np.int64)
-    folder = layout.shards_dir(cfg, "embed", name)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".first-{uuid.uuid4().hex}.npy"
-    np.save(tmp, first)
-    tmp.rename(folder / "first.npy")
-    return _ranges(len(texts), cfg)
+    base = layout.shards_dir(cfg, "embed", name)
+    for stale in base.glob("*") if base.exists() else []:
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 86_400:
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = base / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    np.save(folder / "first.npy", first)
+    return [{**r, "dir": str(folder)} for r in _ranges(len(texts), cfg)]
 
 
 def _ranges(n: int, cfg: Config) -> list[dict[str, int]]:
@@ -259,9 +264,10 @@ def _ranges(n: int, cfg: Config) -> list[dict[str, int]]:
     return [{"index": i, "start": lo, "stop": min(lo + size, n)} for i, lo in enumerate(range(0, n, size))]
 
 
-def _owned(cfg: Config, name: str, lo: int, hi: int) -> np.ndarray:
-    """The items in [lo, hi) whose text is encoded by this shard (the first item with that text)."""
-    first = np.load(layout.shards_dir(cfg, "embed", name) / "first.npy", mmap_mode="r")[lo:hi]
+def _owned(shard: dict[str, Any]) -> np.ndarray:
+    """The items of the shard whose text it encodes (each the first item with that text)."""
+    lo, hi = shard["start"], shard["stop"]
+    first = np.load(Path(shard["dir"]) / "first.npy", mmap_mode="r")[lo:hi]
     return np.flatnonzero(first == np.arange(lo, hi)) + lo
 
 
@@ -300,21 +306,16 @@ def set_task_threads(n: int) -> None:
         pass
 
 
-def shard_path(cfg: Config, name: str, index: int) -> Path:
-    return layout.shards_dir(cfg, "embed", name) / f"shard-{index:05d}.npy"
-
-
-def embed_shard(name: str, cfg: Config, shard: dict[str, int], progress: bool = False) -> dict[str, Any]:
+def embed_shard(name: str, cfg: Config, shard: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     """Embed the texts a shard owns (through the text cache) into its shard file, written whole or not at all;
     returns a small manifest (never the vectors)."""
     set_task_threads(cfg.flow.task_threads())
     sources, texts = _item_texts(cfg, name)
-    rows = _owned(cfg, name, shard["start"], shard["stop"])
+    rows = _owned(shard)
     start = time.perf_counter()
     vectors, fresh, hits = encode_texts([texts[i] for i in rows], cfg, progress, encoder=_worker_encoder(cfg))
     check_vectors(vectors, [sources[i] for i in rows])
-    out = shard_path(cfg, name, shard["index"])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(shard["dir"]) / f"shard-{shard['index']:05d}.npy"
     tmp = out.with_name(f".{out.stem}-{uuid.uuid4().hex}.npy")
     np.save(tmp, vectors)
     tmp.rename(out)
@@ -331,7 +332,7 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
     shards = sorted(shards, key=lambda s: s["start"])
     covered = [(s["start"], s["stop"]) for s in shards]
     expected = [(s["start"], s["stop"]) for s in _ranges(len(texts), cfg)]
-    if covered != expected:
+    if covered != expected or len({s["dir"] for s in shards}) != 1:
         raise PipelineError(f"The embedding shards of '{name}' cover {covered[:3]}..., not the plan {expected[:3]}...",
                             f"run `semid embed {name}` again (the items changed since the shards were planned).")
     for s in shards:
@@ -357,8 +358,8 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
                                           shape=(len(texts), dim))
         for s in shards:
             if s["dim"]:  # a shard whose texts all appeared in earlier shards has no rows
-                array[_owned(cfg, name, s["start"], s["stop"])] = np.load(s["path"], mmap_mode="r")
-        first = np.load(layout.shards_dir(cfg, "embed", name) / "first.npy", mmap_mode="r")
+                array[_owned(s)] = np.load(s["path"], mmap_mode="r")
+        first = np.load(Path(shards[0]["dir"]) / "first.npy", mmap_mode="r")
         for lo in range(0, len(first), 1 << 16):  # items sharing a text get its first item's vector
             chunk = np.asarray(first[lo:lo + (1 << 16)])
             copies = np.flatnonzero(chunk != np.arange(lo, lo + len(chunk)))
@@ -367,7 +368,7 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         del array
         record = {**manifest, "text_sha256": [text_sha(t) for t in texts]}
         (out / "manifest.json").write_text(json.dumps(record, indent=1) + "\n")
-    shutil.rmtree(layout.shards_dir(cfg, "embed", name), ignore_errors=True)
+    shutil.rmtree(shards[0]["dir"], ignore_errors=True)
     return manifest
 
 

@@ -147,9 +147,9 @@ def test_run_survives_a_worker_killed_during_embedding(tmp_path, ml100k_local):
                                stderr=subprocess.STDOUT)
         shards = tmp_path / "data" / "shards" / "embed" / "ml-100k"
         deadline = time.time() + 300
-        while len(list(shards.glob("shard-*.npy"))) < 1 and run.poll() is None and time.time() < deadline:
+        while len(list(shards.rglob("shard-*.npy"))) < 1 and run.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        done_before_kill = len(list(shards.glob("shard-*.npy")))
+        done_before_kill = len(list(shards.rglob("shard-*.npy")))
         assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         cluster.workers[0].send_signal(signal.SIGKILL)
         assert cluster.workers[0].wait(timeout=10) == -signal.SIGKILL
