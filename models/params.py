@@ -111,6 +111,7 @@ class RecommendParams(Strict):
     mask_history: bool = True  # early-stopping metric on masked full ranking; both variants are reported
     negatives: int = Field(99, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
+    eval_users: int | None = Field(None, ge=1)  # validate/test on a seeded sample of this many users; null: all
     seed: int = 0
 
 

@@ -156,19 +156,26 @@ def pad(seqs: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Split:
-    """Leave-one-out: last item = test target, second-to-last = validation target, the rest = training."""
+    """Leave-one-out: last item = test target, second-to-last = validation target, the rest = training.
+    eval_users: validate and test on a seeded sample of that many users (every user still trains), for
+    catalogues where scoring every user against every item costs more than training."""
 
-    def __init__(self, seqs: list[np.ndarray], n_items: int, negatives: int = 99, seed: int = 0):
+    def __init__(self, seqs: list[np.ndarray], n_items: int, negatives: int = 99, seed: int = 0,
+                 eval_users: int | None = None):
         keep = [s for s in seqs if len(s) >= 3]
         if not keep:
             raise NotEnoughHistory("no user has 3 or more interactions")
         self.seqs, self.n_items = keep, n_items
         self.train = [s[:-2] for s in keep]
-        self.eval_inputs = {"valid": [s[:-2] for s in keep], "test": [s[:-1] for s in keep]}
-        self.targets = {"valid": np.array([s[-2] for s in keep]), "test": np.array([s[-1] for s in keep])}
+        ev = keep
+        if eval_users is not None and eval_users < len(keep):
+            ev = [keep[i] for i in np.sort(np.random.default_rng(seed).choice(len(keep), eval_users, replace=False))]
+        self.eval_users = len(ev)
+        self.eval_inputs = {"valid": [s[:-2] for s in ev], "test": [s[:-1] for s in ev]}
+        self.targets = {"valid": np.array([s[-2] for s in ev]), "test": np.array([s[-1] for s in ev])}
         self.negatives = {}
-        if n_items - 1 - max(len(np.unique(s)) for s in keep) >= negatives:
-            self.negatives = {split: sample_negatives(keep, n_items, negatives, seed + i, first_item=0)
+        if n_items - 1 - max(len(np.unique(s)) for s in ev) >= negatives:
+            self.negatives = {split: sample_negatives(ev, n_items, negatives, seed + i, first_item=0)
                               for i, split in enumerate(("valid", "test"))}
 
 

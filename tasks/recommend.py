@@ -51,7 +51,7 @@ def _load(name: str, cfg: Config, p: RecommendParams, codebook: Path | None):
 
 def _split(tables: dict, n_items: int, p: RecommendParams) -> Split:
     try:
-        return Split(sequences(tables["interactions"]), n_items, p.negatives, p.seed)
+        return Split(sequences(tables["interactions"]), n_items, p.negatives, p.seed, p.eval_users)
     except NotEnoughHistory:
         raise PipelineError("No user has 3 or more interactions, so there is nothing to train and evaluate on.",
                             "use a dataset with longer histories (data.min_user_interactions >= 3).") from None

@@ -216,3 +216,15 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
     assert abs(float(plain) - float(got)) > 1e-3  # the correction changes the loss under a non-uniform q
     with pytest.raises(ValueError, match="distribution"):
         NegativeSampler(torch.tensor([0.5, float("nan")]), 3)
+
+
+def test_evaluation_on_a_seeded_user_sample_trains_on_everyone():
+    seqs = _cycle_sequences(n_users=50)
+    full, sample = Split(seqs, 30, 10, 0), Split(seqs, 30, 10, 0, eval_users=20)
+    again = Split(seqs, 30, 10, 0, eval_users=20)
+    assert len(sample.train) == len(full.train) == 50 and sample.eval_users == 20 and full.eval_users == 50
+    assert len(sample.targets["test"]) == len(sample.negatives["test"]) == 20
+    assert np.array_equal(sample.targets["valid"], again.targets["valid"])
+    picked = {tuple(s) for s in sample.eval_inputs["test"]}
+    assert picked <= {tuple(s[:-1]) for s in seqs}
+    assert Split(seqs, 30, 10, 0, eval_users=500).eval_users == 50
