@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import tempfile
@@ -33,9 +34,10 @@ RECORDS = OUT / "recipe.jsonl"
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """'name:key=value,key=value' -> (name, ['key=value', ...]); 'default' has no overrides."""
+    """'name:key=value,key=value' -> (name, ['key=value', ...]); 'default' has no overrides. A comma splits only
+    where a new key= follows, so a YAML list value stays whole: 'b:recommend.betas=[0.9,0.98],recommend.lr=1e-3'."""
     name, _, sets = text.partition(":")
-    return name, [s for s in sets.split(",") if s]
+    return name, [s for s in re.split(r",(?=[A-Za-z_][\w.]*=)", sets) if s]
 
 
 def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> dict:

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from semid.models.registry import KINDS
 
 Distance = Literal["cosine", "euclidean"]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Strict(BaseModel):
@@ -101,6 +102,7 @@ class RecommendParams(Strict):
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     lr: float = Field(3e-3, gt=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # Adam's (beta1, beta2); the public strong recipe uses (0.9, 0.98)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(60, ge=1)

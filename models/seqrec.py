@@ -251,6 +251,11 @@ def evaluate_all(model: SequentialRecommender | MostPopular, split: Split,
     return {which: evaluate(model, split, which, p.max_len, p.eval_batch_size) for which in ("valid", "test")}
 
 
+def optimizer(model: nn.Module, p: RecommendParams) -> torch.optim.Adam:
+    """Adam over all the recommender's parameters with the configured lr, betas and weight decay."""
+    return torch.optim.Adam(model.parameters(), lr=p.lr, betas=tuple(p.betas), weight_decay=p.weight_decay)
+
+
 def train(model: SequentialRecommender, split: Split, p: RecommendParams,
           on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train with early stopping on the validation metric (masked or not, as configured); best weights restored."""
@@ -261,7 +266,7 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
         value = evaluate(model, split, "valid", p.max_len, p.eval_batch_size)[protocol][p.monitor]
         return value, {f"valid_{p.monitor}": value}
 
-    summary = fit(model, torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay),
+    summary = fit(model, optimizer(model, p),
                   epochs=p.epochs, patience=p.patience, seed=p.seed, min_epochs=p.min_epochs,
                   smoothing=p.smoothing,
                   batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen, p.every_window),

@@ -66,6 +66,25 @@ def test_sasrec_learns_a_predictable_sequence_and_is_deterministic(loss):
     assert runs[0]["sampled99"]["recall@1"] > 0.5
 
 
+def test_adam_betas_reach_the_optimizer(monkeypatch):
+    """recommend.betas, set as an override, is the betas of the Adam that `train` hands to the training loop."""
+    import semid.models.seqrec as seqrec
+    from semid.tasks.config import load_config
+
+    rc = load_config(None, ["recommend.betas=[0.9, 0.98]", "recommend.item_repr=id", "recommend.lr=0.002",
+                            "recommend.weight_decay=0.01", "recommend.id_dim=8", "recommend.layers=1"]).recommend
+    assert rc.betas == (0.9, 0.98) and RecommendParams().betas == (0.9, 0.999)
+    seen = {}
+
+    def fake_fit(model, optimizer, **kwargs):
+        seen.update(optimizer.param_groups[0])
+        return {"best_epoch": 0, "epochs": 0, "best_valid": 0.0, "seconds_per_epoch": 0.0, "history": []}
+
+    monkeypatch.setattr(seqrec, "fit", fake_fit)
+    train(build_recommender(30, rc), Split(_cycle_sequences(), 30, 10, 0), rc)
+    assert (seen["betas"], seen["lr"], seen["weight_decay"]) == ((0.9, 0.98), 0.002, 0.01)
+
+
 def test_semantic_sasrec_trains_on_codes():
     seqs = _cycle_sequences()
     rng = np.random.default_rng(0)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from benchmarks.recipe import parse_variant
 from benchmarks.recommenders import combine, provenance, record_key, stamp
 
 
@@ -64,3 +65,11 @@ def test_wrk_output_is_parsed_with_units():
     r = parse_wrk(WRK)
     assert r["requests"] == 1523 and r["requests_per_s"] == 152.3 and r["non_2xx"] == 3
     assert [r[f"p{k}_ms"] for k in (50, 75, 90, 99)] == pytest.approx([51.7, 60.02, 0.7, 1200.0])
+
+
+def test_recipe_variant_keeps_a_list_value_whole():
+    assert parse_variant("default") == ("default", [])
+    assert parse_variant("d02:recommend.dropout=0.2,recommend.epochs=200") == (
+        "d02", ["recommend.dropout=0.2", "recommend.epochs=200"])
+    assert parse_variant("b98:recommend.betas=[0.9,0.98],recommend.lr=0.001") == (
+        "b98", ["recommend.betas=[0.9,0.98]", "recommend.lr=0.001"])
