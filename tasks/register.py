@@ -26,7 +26,7 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
     for f in ("diagnostics.json", "metrics.json", "code_usage.png", "k_eff.png", "quantize.json"):
         tracker.artifacts(run_id, sem / f, "diagnostics")
     meta = sem / "codebook_meta.json"
-    encoder = {"encoder": cfg.embed.model, "embed_backend": cfg.embed.backend}  # serving encodes text alike
+    encoder = {"encoder": cfg.embed.model, "embed_backend": cfg.embed.backend}  # serving encodes text with torch
     meta.write_text(json.dumps({**encoder, "dataset": name}) + "\n")
     version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), "CodebookModel",
                                {"codebook": str(sem), "meta": str(meta),

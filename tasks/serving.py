@@ -44,11 +44,10 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
     def _vectors(self, frame: pd.DataFrame) -> np.ndarray:
         if "embedding" in frame:
             return np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
-        if self._encoder is None:  # the codebook's encoder identity: torch (= onnx fp32) or onnx-int8
-            from semid.tasks.embed import load_encoder
+        if self._encoder is None:
+            from semid.models.encoder import load_encoder
 
-            backend = "onnx-int8" if self.meta.get("embed_backend") == "onnx-int8" else "torch"
-            self._encoder = load_encoder(self.meta["encoder"], backend)
+            self._encoder = load_encoder(self.meta["encoder"])
         return self._encoder.encode(frame["text"].astype(str).tolist(), convert_to_numpy=True)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -177,20 +177,3 @@ def test_only_mean_pooling_models_run_on_onnx():
 def test_backend_is_validated():
     with pytest.raises(ConfigError, match="embed.backend"):
         load_config(None, ["embed.backend=tensorrt"])
-
-
-def test_serving_encodes_new_items_with_the_codebooks_encoder_identity(onnx_dir, tmp_path, monkeypatch):
-    """A codebook fitted on int8 vectors gets int8 vectors for new items' text when served; torch otherwise."""
-    from semid.tasks.fsutil import user_cache_dir
-    from semid.tasks.serving import CodebookModel
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    shutil.copytree(onnx_dir, user_cache_dir() / "onnx")  # the serving host's export (default folder)
-    frame = pd.DataFrame({"text": TEXTS[2:4]})
-    want = {"onnx-int8": step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(TEXTS[2:4]),
-            "torch": step.load_encoder(MODEL).encode(TEXTS[2:4], convert_to_numpy=True)}
-    for backend, expected in (("onnx-int8", want["onnx-int8"]), ("onnx", want["torch"]), ("torch", want["torch"])):
-        model = CodebookModel()
-        model.meta, model._encoder = {"encoder": MODEL, "embed_backend": backend}, None
-        np.testing.assert_allclose(model._vectors(frame), expected, atol=1e-5)
-    assert cosine(want["onnx-int8"], want["torch"]).mean() < 0.9999  # the two identities do differ
