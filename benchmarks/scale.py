@@ -4,7 +4,7 @@ wall time, CPU time, items/s and the peak anonymous RSS of the whole process tre
 slope per stage between consecutive sizes.
 
     python benchmarks/scale.py --sizes 10k 100k [1m] [--backend onnx-int8] [--task-runner local|dask]
-        [--set quantizer.method=rqkmeans ...] [--out scale]
+        [--set quantizer.method=rqkmeans ...] [--until embed|quantize|diagnose] [--out scale]
 
 Per size: generate (synthetic sizes only; timed, not a pipeline stage), then `semid data fetch`, `semid data
 validate`, `semid embed` (with --task-runner: `semid prepare NAME --until validate`, then the embed stage is
@@ -236,8 +236,10 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     for r in records:
         if r["stage"] == "embed":
             r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
-    stage("quantize", [semid, "quantize", dataset, *flags], n)
-    stage("diagnose", [semid, "diagnose", dataset, *flags], n)
+    if args.until in ("quantize", "diagnose"):
+        stage("quantize", [semid, "quantize", dataset, *flags], n)
+    if args.until == "diagnose":
+        stage("diagnose", [semid, "diagnose", dataset, *flags], n)
     for r in records:
         r["items_after_validate"] = n
     if not args.keep:
@@ -348,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task-runner", default=None, choices=["local", "dask"],
                     help="embed through the flow (semid prepare --until embed) with this flow.task_runner")
     ap.add_argument("--set", action="append", default=[], help="pipeline override, e.g. quantizer.method=rqkmeans")
+    ap.add_argument("--until", default="diagnose", choices=["embed", "quantize", "diagnose"],
+                    help="last stage measured (embed: e.g. only the task-runner comparison)")
     ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")
