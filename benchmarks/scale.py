@@ -1,0 +1,400 @@
+"""Scale benchmark (issue 14): the pipeline's data stages, each as its own `semid` subprocess, from the 10k-item
+Amazon Beauty catalogue (real) to SYNTHETIC catalogues of 100k (1M) items made by benchmarks/synthetic.py, with
+wall time, CPU time, items/s and the peak anonymous RSS of the whole process tree per stage, and the log-log
+slope per stage between consecutive sizes.
+
+    python benchmarks/scale.py --sizes 10k 100k [1m] [--backend onnx-int8] [--task-runner local|dask]
+        [--set quantizer.method=rqkmeans ...] [--until embed|quantize|diagnose] [--out scale]
+
+Per size: generate (synthetic sizes only; timed, not a pipeline stage), then `semid data fetch`, `semid data
+validate`, `semid embed` (with --task-runner: `semid prepare NAME --until validate`, then the embed stage is
+`semid prepare NAME --until embed` with flow.task_runner set), `semid quantize`, `semid diagnose`. Every run
+gets a fresh scratch dir under /tmp (data.root, and embed.cache_dir so every text is really encoded), deleted
+afterwards; the ONNX export (embed.onnx_dir) is shared and built before the first measurement.
+
+Memory: every 0.2 s the process tree of the stage (the subprocess and all its descendants, read from /proc) is
+walked and RssAnon from /proc/<pid>/status summed; the peak of that sum is the stage's peak anonymous RSS.
+Memory-mapped files (embeddings.npy, parquet) count in VmRSS/VmHWM but not in RssAnon, hence anon as the
+number; the summed per-process VmHWM is recorded beside it for reference. CPU time is user + sys of the tree
+(getrusage(RUSAGE_CHILDREN) around the stage: every descendant that was waited for).
+
+Records are merged into benchmarks/results/OUT.json (a record is replaced by a namesake: same size, stage, task
+runner, backend and overrides) and OUT.md is written from all of them, plus the hand-written OUT.findings.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results"
+SIZES = {"10k": None, "100k": (100_000, 1_000_000), "1m": (1_000_000, 10_000_000)}  # None: amazon-beauty (real)
+REAL = "amazon-beauty"
+STAGES = ["generate", "fetch", "validate", "embed", "quantize", "diagnose"]
+
+
+# ---------------------------------------------------------------- pure helpers (tests/unit/test_scale.py)
+
+
+def slope(n1: float, t1: float, n2: float, t2: float) -> float | None:
+    """Log-log slope log(t2/t1) / log(n2/n1): 1 = linear in the item count, 2 = quadratic, 0 = flat."""
+    if n1 <= 0 or n2 <= 0 or n1 == n2 or t1 is None or t2 is None or t1 <= 0 or t2 <= 0:
+        return None
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
+def children_map(proc: Path = Path("/proc")) -> dict[int, list[int]]:
+    """ppid -> child pids of every live process (from /proc/<pid>/stat; a vanished process is skipped)."""
+    kids: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the command may contain spaces and ')'
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its live descendants."""
+    kids, out, todo = children_map(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def status_kb(pid: int, keys: tuple[str, ...] = ("RssAnon", "VmHWM", "VmRSS")) -> dict[str, int]:
+    """The kB fields `keys` of /proc/<pid>/status ({} if the process is gone)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in keys:
+                out[key] = int(val.split()[0])
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+class TreeSampler:
+    """Samples the process tree under `pid` every `interval` s on a thread: peak of the summed RssAnon (and of the
+    summed VmRSS), and each process's VmHWM (summed at the end), all in kB."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval = pid, interval
+        self.peak_anon_kb = self.peak_rss_kb = self.samples = 0
+        self.hwm_kb: dict[int, int] = {}
+        self.max_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        anon = rss = 0
+        pids = tree_pids(self.pid)
+        for pid in pids:
+            st = status_kb(pid)
+            anon += st.get("RssAnon", 0)
+            rss += st.get("VmRSS", 0)
+            if st.get("VmHWM"):
+                self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), st["VmHWM"])
+        self.peak_anon_kb, self.peak_rss_kb = max(self.peak_anon_kb, anon), max(self.peak_rss_kb, rss)
+        self.max_procs = max(self.max_procs, len(pids))
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        mb = 1024.0
+        return {"peak_anon_mb": round(self.peak_anon_kb / mb, 1), "peak_rss_mb": round(self.peak_rss_kb / mb, 1),
+                "hwm_sum_mb": round(sum(self.hwm_kb.values()) / mb, 1), "processes": self.max_procs,
+                "samples": self.samples}
+
+
+def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None, interval: float = 0.2,
+            log: Path | None = None) -> dict:
+    """Run `cmd` to the end; wall s, CPU s (user + sys of every waited-for descendant), the tree sampler's
+    memory numbers and the return code. Output goes to `log` (or is discarded)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sink = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT)
+        with TreeSampler(proc.pid, interval) as sampler:
+            rc = proc.wait()
+    finally:
+        if log:
+            sink.close()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"rc": rc, "wall_s": round(wall, 2), "cpu_s": round(user + sys_, 2), "user_s": round(user, 2),
+            "sys_s": round(sys_, 2), "ru_maxrss_mb": round(after.ru_maxrss / 1024, 1), **sampler.result()}
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def git_sha() -> str:
+    from semid.tasks.tracking import git_sha as sha
+
+    return sha()
+
+
+def semid_bin() -> str:
+    exe = Path(sys.executable).with_name("semid")
+    return str(exe) if exe.exists() else "semid"
+
+
+def record_key(r: dict) -> tuple:
+    return (r["size"], r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []))
+
+
+def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list[dict]:
+    work = scratch / size
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = work.parent / f"{size}-{args.task_runner or 'cli'}.log"
+    log.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.setdefault("SEMID_NO_DVC", "1")
+    sets = [f"data.root={work / 'data'}", f"embed.cache_dir={work / 'cache'}", f"embed.backend={args.backend}",
+            f"embed.onnx_dir={onnx_dir}", *args.set]
+    records, synthetic = [], SIZES[size] is not None
+    base = {"size": size, "synthetic": synthetic, "backend": args.backend, "task_runner": args.task_runner,
+            "overrides": list(args.set), "command": meta["command"], "git_sha": meta["git_sha"],
+            "date": meta["date"]}
+
+    def stage(name: str, cmd: list[str], items: int | None) -> dict:
+        with open(log, "a") as fh:
+            fh.write(f"\n$ {shlex.join(cmd)}\n")
+        print(f"[{size}] {name}: {shlex.join(cmd)[:200]}", flush=True)
+        m = measure(cmd, env=env, cwd=REPO, log=log)
+        rec = {**base, "stage": name, "dataset": dataset, "items": items, **m,
+               "items_per_s": round(items / m["wall_s"], 1) if items and m["wall_s"] > 0 else None}
+        print(f"[{size}] {name}: rc {m['rc']} wall {m['wall_s']}s cpu {m['cpu_s']}s "
+              f"anon {m['peak_anon_mb']} MB hwm {m['hwm_sum_mb']} MB", flush=True)
+        records.append(rec)
+        if m["rc"] != 0:
+            tail = log.read_text().splitlines()[-30:]
+            raise SystemExit(f"[{size}] {name} failed (rc {m['rc']}); log {log}:\n" + "\n".join(tail))
+        return rec
+
+    if synthetic:
+        n_items, n_inter = SIZES[size]
+        dataset = f"synthetic-{n_items}"
+        synth = work / "synth"
+        stage("generate", [sys.executable, str(REPO / "benchmarks" / "synthetic.py"), "--items", str(n_items),
+                           "--interactions", str(n_inter), "--out", str(synth), "--seed", "0"], n_items)
+        local = json.loads((synth / "manifest.json").read_text())["pipeline_config"]["data"]["local"]
+        sets = [f"data.dataset={dataset}", f"data.local={json.dumps(local)}", *sets]
+        nominal = n_items
+    else:
+        dataset = REAL
+        sets = [f"data.dataset={dataset}", *sets]
+        nominal = 12_101
+    flags = [a for s in sets for a in ("--set", s)]
+    semid = semid_bin()
+    if args.task_runner:
+        runner = [*flags, "--set", f"flow.task_runner={args.task_runner}"]
+        stage("fetch+validate", [semid, "prepare", dataset, "--until", "validate", *runner], nominal)
+        n = processed_items(work / "data", dataset) or nominal
+        stage("embed", [semid, "prepare", dataset, "--until", "embed", *runner], n)
+    else:
+        stage("fetch", [semid, "data", "fetch", dataset, *flags], nominal)
+        stage("validate", [semid, "data", "validate", dataset, *flags], nominal)
+        n = processed_items(work / "data", dataset) or nominal
+        stage("embed", [semid, "embed", dataset, *flags], n)
+    emb = json.loads((work / "data" / "features" / dataset / "manifest.json").read_text()) \
+        if (work / "data" / "features" / dataset / "manifest.json").exists() else {}
+    for r in records:
+        if r["stage"] == "embed":
+            r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
+    if args.until in ("quantize", "diagnose"):
+        stage("quantize", [semid, "quantize", dataset, *flags], n)
+    if args.until == "diagnose":
+        stage("diagnose", [semid, "diagnose", dataset, *flags], n)
+    for r in records:
+        r["items_after_validate"] = n
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return records
+
+
+def processed_items(root: Path, dataset: str) -> int | None:
+    """Items after validation (the processed items table), or None if it cannot be read."""
+    import pyarrow.parquet as pq
+
+    folder = root / "processed" / dataset
+    for f in sorted(folder.glob("items*.parquet")):
+        return pq.ParquetFile(f).metadata.num_rows
+    return None
+
+
+def warm_onnx(backend: str, onnx_dir: Path) -> float:
+    """Build the ONNX export once, outside every measurement (torch backend: nothing to do)."""
+    if backend == "torch":
+        return 0.0
+    t0 = time.perf_counter()
+    code = ("import sys; from semid.tasks.embed import load_encoder; "
+            "load_encoder('all-MiniLM-L6-v2', sys.argv[1], sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, backend, str(onnx_dir)], check=True, cwd=REPO)
+    return round(time.perf_counter() - t0, 1)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def fmt(x, nd=1) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{nd}f}" if isinstance(x, float) else f"{x:,}"
+
+
+def add_slopes(records: list[dict]) -> list[dict]:
+    """Per stage, task runner, backend and overrides: slope between consecutive sizes (by item count)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or [])),
+                          []).append(r)
+    rows = []
+    for (stage, runner, backend, ov), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["items"] or 0)
+        for a, b in zip(rs, rs[1:], strict=False):
+            rows.append({"stage": stage, "task_runner": runner, "backend": backend, "overrides": list(ov),
+                         "from": a["size"], "to": b["size"], "n1": a["items"], "n2": b["items"],
+                         "wall_slope": slope(a["items"], a["wall_s"], b["items"], b["wall_s"]),
+                         "cpu_slope": slope(a["items"], a["cpu_s"], b["items"], b["cpu_s"]),
+                         "anon_slope": slope(a["items"], a["peak_anon_mb"], b["items"], b["peak_anon_mb"])})
+    return rows
+
+
+def report(records: list[dict], meta: dict) -> list[str]:
+    order = {s: i for i, s in enumerate([*STAGES[:2], "fetch+validate", *STAGES[2:]])}
+    lines = ["# Scale: the data stages from 10k to 100k+ items", "",
+             f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}, Python {meta['python']}.",
+             "Runs (command, date, git sha, load average 1/5/15 min before -> after):", ""]
+    for run in meta["runs"]:
+        lines.append(f"- `{run['command']}` — {run['date']}, git {run['git_sha']}, load {run['load_before']} -> "
+                     f"{run['load_after']}, ONNX export warm-up {run['onnx_warmup_s']} s (outside the numbers)")
+    lines += ["", "10k = amazon-beauty (real: 12,101 items, 198,502 interactions). 100k / 1m = **SYNTHETIC** "
+              "catalogues from benchmarks/synthetic.py (seed 0; 100k items / 1M interactions, 1M / 10M): real "
+              "Amazon titles recombined, Zipf popularity; not real data.",
+              "Each stage is one `semid` subprocess; a fresh data.root and embed.cache_dir per run, so every text "
+              "is encoded (the embed row's `encoded` column). Peak anon RSS = the peak over 0.2 s samples of "
+              "RssAnon summed over the stage's process tree; VmHWM (summed per process) is inflated by "
+              "memory-mapped files and only for reference. CPU s = user + sys of the tree; CPU s above wall s "
+              "means more than one core was busy. `generate` is the synthetic generator, not a pipeline stage.",
+              ""]
+    key = lambda r: ({"10k": 0, "100k": 1, "1m": 2}.get(r["size"], 9), r.get("task_runner") or "",  # noqa: E731
+                     r["backend"], tuple(r.get("overrides") or []), order.get(r["stage"], 99))
+    lines += ["| size | data | items | runner | backend | overrides | stage | wall s | CPU s | items/s | "
+              "peak anon MB | VmHWM sum MB | procs | encoded |",
+              "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(records, key=key):
+        enc = (r.get("embed_manifest") or {}).get("encoded")
+        lines.append(f"| {r['size']} | {'SYNTHETIC' if r['synthetic'] else 'real'} | {fmt(r['items'])} | "
+                     f"{r.get('task_runner') or 'CLI'} | {r['backend']} | {' '.join(r.get('overrides') or []) or '-'}"
+                     f" | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['items_per_s'])} | "
+                     f"{fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | {r['processes']} | "
+                     f"{fmt(enc) if enc is not None else '-'} |")
+    slopes = [s for s in add_slopes(records) if s["stage"] != "generate"]
+    lines += ["", "## Log-log slopes between consecutive sizes", "",
+              "slope = log(t2/t1) / log(n2/n1) over the item counts after validation: 1 = linear, 0 = flat.", "",
+              "| stage | runner | backend | overrides | sizes | wall slope | CPU slope | peak anon slope |",
+              "|---|---|---|---|---|---:|---:|---:|"]
+    for s in sorted(slopes, key=lambda s: (order.get(s["stage"], 99), s["task_runner"] or "")):
+        lines.append(f"| {s['stage']} | {s['task_runner'] or 'CLI'} | {s['backend']} | "
+                     f"{' '.join(s['overrides']) or '-'} | {s['from']} -> {s['to']} | {fmt(s['wall_slope'], 2)} | "
+                     f"{fmt(s['cpu_slope'], 2)} | {fmt(s['anon_slope'], 2)} |")
+    for size in SIZES:
+        embeds = [r for r in records if r["stage"] == "embed" and r["size"] == size]
+        if len({r.get("task_runner") for r in embeds}) < 2:
+            continue
+        lines += ["", f"## Embed at {size}: CLI vs flow task runners", "",
+                  "CLI = `semid embed` (the shard plan in flow.workers threads in one process); local / dask = "
+                  "`semid prepare NAME --until embed` with that flow.task_runner (Prefect flow; dask: a "
+                  "LocalCluster of flow.workers processes). Same backend, overrides and fresh cache.", "",
+                  "| runner | wall s | CPU s | items/s | peak anon MB | VmHWM sum MB | procs |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(embeds, key=lambda r: r.get("task_runner") or ""):
+            lines.append(f"| {r.get('task_runner') or 'CLI (semid embed)'} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} "
+                         f"| {fmt(r['items_per_s'])} | {fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | "
+                         f"{r['processes']} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["10k", "100k"], choices=list(SIZES))
+    ap.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    ap.add_argument("--task-runner", default=None, choices=["local", "dask"],
+                    help="embed through the flow (semid prepare --until embed) with this flow.task_runner")
+    ap.add_argument("--set", action="append", default=[], help="pipeline override, e.g. quantizer.method=rqkmeans")
+    ap.add_argument("--until", default="diagnose", choices=["embed", "quantize", "diagnose"],
+                    help="last stage measured (embed: e.g. only the task-runner comparison)")
+    ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
+    ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.quantizers import machine, write_report
+
+    meta = machine()
+    run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
+           "git_sha": git_sha(), "date": meta["date"], "load_before": [round(x, 2) for x in os.getloadavg()]}
+    onnx_dir = args.scratch / "onnx"
+    run["onnx_warmup_s"] = warm_onnx(args.backend, onnx_dir)
+    path = OUT / f"{args.out}.json"
+    old = json.loads(path.read_text()) if path.exists() else {"runs": [], "records": []}
+    records = []
+    try:
+        for size in args.sizes:
+            records += run_size(size, args, args.scratch, onnx_dir, run)
+            save(path, old, records, run, meta, args.out, write_report)  # after every size: partial results survive
+    finally:
+        if not args.keep:
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def save(path: Path, old: dict, records: list[dict], run: dict, meta: dict, name: str, write_report) -> None:
+    run = {**run, "load_after": [round(x, 2) for x in os.getloadavg()]}
+    fresh = {record_key(r) for r in records}
+    merged = [r for r in old["records"] if record_key(r) not in fresh] + records
+    runs = [r for r in old["runs"] if r["command"] != run["command"] or r["date"] != run["date"]] + [run]
+    runs = [r for r in runs if any(x["command"] == r["command"] and x["date"] == r["date"] for x in merged)]
+    doc = {"machine": {k: meta[k] for k in ("platform", "cpus", "torch", "python")}, "runs": runs, "records": merged}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    write_report(name, report(merged, {**doc["machine"], "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
