@@ -130,7 +130,7 @@ def test_drq_pairs_come_from_training_prefixes_only(tmp_path, monkeypatch):
                              "quantizer.cooccurrence_window=10"])
     inter = pd.DataFrame({"user_id": [0] * 5 + [1] * 4, "item_id": [0, 1, 2, 3, 4, 5, 6, 7, 8],
                           "position": [0, 1, 2, 3, 4, 0, 1, 2, 3]})
-    monkeypatch.setattr(step.layout, "load_embeddings", lambda cfg, name: np.zeros((9, 4), np.float32))
+    monkeypatch.setattr(step.layout, "load_embeddings", lambda cfg, name, mmap=False: np.zeros((9, 4), np.float32))
     monkeypatch.setattr(step.layout, "load_processed", lambda cfg, name: {"interactions": inter})
     seen = {}
 
