@@ -154,11 +154,14 @@ class Steps:
 
     def __init__(self, cfg: Config):
         self.cfg, self.name, self.states, self.seconds, self.tracker = cfg, cfg.data.dataset, {}, {}, None
-        self.started: dict[str, float] = {}
 
     def __call__(self, task_fn, **kwargs: Any) -> Any:
-        start = self.started.pop(task_fn.name, time.perf_counter())
+        start = time.perf_counter()
         fresh = self.stale(task_fn, **kwargs) if task_fn.name in BY_TASK else None
+        return self._run(task_fn, fresh, start, **kwargs)
+
+    def _run(self, task_fn, fresh: bool | None, start: float, **kwargs: Any) -> Any:
+        """Run the task (a cached step refreshes its cache entry when `fresh`); record its state and seconds."""
         runner = task_fn.with_options(refresh_cache=fresh) if fresh is not None else task_fn
         state = runner(name=self.name, config_json=self.cfg.model_dump_json(), **kwargs, return_state=True)
         result = state.result()
@@ -175,14 +178,15 @@ class Steps:
     def sharded(self, join_fn, shard_fn, plan: Any) -> Any:
         """A sharded step: unless the join's cached result is reusable, map shard_fn over the plan's shards on
         the flow's task runner (each returns a small manifest), then run the join over those manifests."""
-        self.started[join_fn.name] = time.perf_counter()
+        start = time.perf_counter()
+        fresh = self.stale(join_fn, shards=None)  # once: its key hashes the step's input files
         shards = None
-        if self.stale(join_fn, shards=None):
+        if fresh:
             config_json = self.cfg.model_dump_json()
             futures = shard_fn.map(name=unmapped(self.name), config_json=unmapped(config_json),
                                    shard=plan(self.name, self.cfg))
             shards = [f.result() for f in futures]
-        return self(join_fn, shards=shards)
+        return self._run(join_fn, fresh, start, shards=shards)
 
     def _cached_and_valid(self, task_fn, stage, key: str) -> bool:
         store = get_result_store().update_for_task(task_fn)

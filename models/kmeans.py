@@ -22,6 +22,13 @@ def pairwise_sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)[None, :]).clamp_min_(0)
 
 
+def member_means(x: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of each center's members [k, d] (zeros for a center with none), member counts [k])."""
+    counts = torch.bincount(idx, minlength=k)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, idx, x)
+    return sums / counts.clamp_min(1)[:, None].float(), counts
+
+
 def _plusplus(x: torch.Tensor, k: int, distance: str, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     first = int(torch.randint(n, (1,), generator=gen))
@@ -56,9 +63,7 @@ def kmeans(
     idx = torch.zeros(x.shape[0], dtype=torch.long)
     for _ in range(iters):
         idx, cost = assign(x, centers, distance)
-        counts = torch.bincount(idx, minlength=k)
-        sums = torch.zeros_like(centers).index_add_(0, idx, x)
-        new = sums / counts.clamp_min(1)[:, None].float()
+        new, counts = member_means(x, idx, k)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):
             worst = torch.argsort(cost, descending=True)[: len(empty)]
@@ -98,7 +103,5 @@ def faiss_kmeans(
     km.train(np.ascontiguousarray(sample.numpy()), init_centroids=np.ascontiguousarray(init.numpy()))
     centers = torch.from_numpy(km.centroids.copy())
     idx, _ = assign(x, centers, distance)
-    counts = torch.bincount(idx, minlength=k)
-    sums = torch.zeros_like(centers).index_add_(0, idx, x)
-    centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].float(), centers)
-    return centers, idx
+    means, counts = member_means(x, idx, k)
+    return torch.where(counts[:, None] > 0, means, centers), idx

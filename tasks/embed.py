@@ -29,7 +29,7 @@ from semid.models.encoder import load_encoder as _load_encoder
 from semid.tasks import layout
 from semid.tasks.config import Config
 from semid.tasks.errors import PipelineError
-from semid.tasks.fsutil import files_sha, sha256_file, staged_dir, user_cache_dir
+from semid.tasks.fsutil import files_sha, remove_stale_dirs, sha256_file, staged_dir, user_cache_dir
 
 EXPORT_LIBS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")  # their versions key the ONNX export
 
@@ -78,9 +78,7 @@ def onnx_export(model: str, st: Any, onnx_dir: str | None) -> Path:
     if folder.exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(".*-*"):
-        if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_dirs(folder.parent.glob(".*-*"), 3600)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         info = export(st, staging)
@@ -250,9 +248,7 @@ def plan(name: str, cfg: Config) -> list[dict[str, Any]]:
     seen: dict[str, int] = {}
     first = np.array([seen.setdefault(text_sha(t), i) for i, t in enumerate(texts)], dtype=np.int64)
     base = layout.shards_dir(cfg, "embed", name)
-    for stale in base.glob("*") if base.exists() else []:
-        if stale.is_dir() and time.time() - stale.stat().st_mtime > 86_400:
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_dirs(base.glob("*") if base.exists() else [], 86_400)
     folder = base / uuid.uuid4().hex
     folder.mkdir(parents=True)
     np.save(folder / "first.npy", first)

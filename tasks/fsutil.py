@@ -6,7 +6,8 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def staged_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_dirs(folders: Iterable[Path], max_age: float) -> None:
+    """Remove the folders among `folders` last modified over `max_age` seconds ago (leftovers of killed runs)."""
+    for folder in folders:
+        if folder.is_dir() and time.time() - folder.stat().st_mtime > max_age:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:
