@@ -53,6 +53,13 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (PipelineError, ConfigError) as err:
             console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except RuntimeError as err:
+            from semid.flows.engine import server_error
+
+            if (clear := server_error(err)) is None:
+                raise
+            console.print(f"[bold red]error:[/] {clear}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -370,10 +377,11 @@ def run(
 def _quiet_libraries() -> None:
     import logging
 
+    from semid.flows.engine import quiet_prefect
+
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    quiet_prefect()
     for name in ("mlflow", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

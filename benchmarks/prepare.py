@@ -12,8 +12,9 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def prepare_dataset(name: str, until: str, sets: list[str] | tuple[str, ...] = ()) -> dict:
     """Run (or reuse) NAME's data steps up to `until` with params.yaml and the benchmark's overrides."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from semid.flows.engine import quiet_prefect
+
+    quiet_prefect()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from semid.flows.engine import on_engine
     from semid.flows.retrain import prepare

@@ -49,6 +49,31 @@ def on_engine(flow_obj: Any, cfg: Config) -> Any:
     return flow_obj.with_options(task_runner=task_runner(cfg))
 
 
+EPHEMERAL_TIMEOUT = "120"  # s; Prefect's 20 s default timed out on the first run on a fresh 2-core machine
+
+
+def quiet_prefect() -> None:
+    """Defaults for the Prefect a flow run starts when no PREFECT_API_URL is set (a temporary local server): no
+    analytics, warnings only, and time for its first start, which creates and migrates its database (> 20 s on a
+    fresh 2-core machine). Call before prefect is imported; variables the user set win."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_TIMEOUT)
+
+
+def server_error(err: BaseException) -> PipelineError | None:
+    """Prefect's temporary server did not start in time: the one message naming the fixes (None: another error)."""
+    if "ephemeral Prefect API server" not in str(err):
+        return None
+    return PipelineError("Prefect's temporary local server did not start within "
+                         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (its first start creates its database).",
+                         "run the command again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (e.g. 300), or "
+                         "start `prefect server start --host 127.0.0.1` and set "
+                         "PREFECT_API_URL=http://127.0.0.1:4200/api.")
+
+
 def check_runner(cfg: Config) -> None:
     """Inside a flow run: fail when the run's task runner is not the configured one (a flow called directly,
     not through `on_engine`, runs its shards on Prefect's default thread pool)."""

