@@ -44,6 +44,7 @@ class QuantizerParams(Strict):
     hidden: list[int] = Field(default_factory=lambda: [512, 256])
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(1024, ge=8)
+    min_batches: int = Field(8, ge=1)  # rqvae: smaller batches on small catalogues, >= this many steps an epoch
     lr: float = Field(1e-3, gt=0)
     beta: float = Field(1.0, ge=0)  # commitment weight
     ema_decay: float = Field(0.99, gt=0, lt=1)
@@ -58,6 +59,13 @@ class QuantizerParams(Strict):
     cooccurrence_window: int = Field(3, ge=1)
     collision: Literal["dedup_level", "reassign"] = "reassign"
     seed: int = 0
+
+    def fit_batch(self, n: int) -> int:
+        """The RQ-VAE batch size for n training items: batch_size, or smaller so that an epoch has at least
+        min_batches optimizer steps. At batch 1024 ml-100k's 1,682 items gave 2 steps an epoch, 400 in all: the
+        autoencoder barely beat predicting the mean (reconstruction 0.94x the mean's MSE) and 3 of 3 seeds failed the
+        default gate on code usage; at 8 steps an epoch it reached 0.64x and passed (2026-12-04)."""
+        return max(1, min(self.batch_size, -(-n // self.min_batches)))
 
     @model_validator(mode="after")
     def _distances_match_levels(self) -> QuantizerParams:

@@ -70,7 +70,7 @@ class RQVAE(Quantizer):
 
     def _train(self, x: torch.Tensor, seed: int) -> None:
         p = self.params
-        epochs, bs, decay, beta, dead = p.epochs, p.batch_size, p.ema_decay, p.beta, p.dead_code_threshold
+        epochs, bs, decay, beta, dead = p.epochs, p.fit_batch(x.shape[0]), p.ema_decay, p.beta, p.dead_code_threshold
         self._build(x.shape[1])
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=p.lr)

@@ -51,3 +51,14 @@ def test_mirror_from_environment(monkeypatch):
     monkeypatch.setenv("SEMID_DATA_MIRROR", "/some/mirror")
     assert load_config(None).data.mirror == "/some/mirror"
     assert load_config(None, ["data.mirror=/explicit"]).data.mirror == "/explicit"
+
+
+def test_rqvae_batch_shrinks_for_small_catalogues():
+    """At least quantizer.min_batches optimizer steps an epoch: ml-100k's 1,682 items at batch 1024 were 2."""
+    q = load_config(None, []).quantizer
+    assert (q.batch_size, q.min_batches) == (1024, 8)
+    assert q.fit_batch(1682) == 211  # ceil(1682 / 8)
+    assert q.fit_batch(8192) == 1024 and q.fit_batch(12101) == 1024  # large enough: batch_size unchanged
+    assert q.fit_batch(3) == 1
+    one = load_config(None, ["quantizer.min_batches=1"]).quantizer
+    assert one.fit_batch(1682) == 1024  # min_batches 1: the old rule (batch_size, capped by nothing)
