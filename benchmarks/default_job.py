@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quantizers import machine  # noqa: E402
+from benchmarks.quantizers import machine, write_report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -75,7 +75,7 @@ def write(records: list[dict]) -> None:
         a = np.array(ndcg)
         lines += ["", f"Test NDCG@10 (masked) over {len(a)} seeds: {a.mean():.4f} +- {a.std():.4f}; worst / best = "
                   f"{a.min() / a.max():.3f}; wall time max {max(r['wall_seconds'] for r in records):.0f} s."]
-    (OUT / "default_job.md").write_text("\n".join(lines) + "\n")
+    write_report("default_job", lines)  # + the hand-written default_job.findings.md
 
 
 def main() -> None:
