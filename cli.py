@@ -50,13 +50,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (PipelineError, ConfigError) as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except RuntimeError as err:
+        except (PipelineError, ConfigError, RuntimeError) as err:
             from semid.flows.engine import server_error
 
-            if (clear := server_error(err)) is None:
+            # a RuntimeError is one only if it is Prefect's server start-up timeout; others keep their traceback
+            clear = err if isinstance(err, PipelineError | ConfigError) else server_error(err)
+            if clear is None:
                 raise
             console.print(f"[bold red]error:[/] {clear}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

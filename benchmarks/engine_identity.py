@@ -32,9 +32,7 @@ RUNNERS = {"local": ["flow.task_runner=local"], "dask": ["flow.task_runner=dask"
 
 
 def one_run(name: str, runner: str, sets: list[str], root: Path) -> dict:
-    from semid.flows.engine import on_engine, quiet_prefect
-
-    quiet_prefect()
+    from semid.flows.engine import on_engine
     from semid.flows.retrain import prepare
     from semid.tasks.config import load_config
     from semid.tasks.fsutil import sha256_file
@@ -57,6 +55,9 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", nargs="*", default=[])
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from semid.flows.engine import quiet_prefect
+
+    quiet_prefect()  # before prefect is imported
     from semid.tasks.tracking import git_sha
 
     sets = [f"embed.shard_size={args.shard_size}", *args.sets]

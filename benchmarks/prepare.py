@@ -12,11 +12,10 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def prepare_dataset(name: str, until: str, sets: list[str] | tuple[str, ...] = ()) -> dict:
     """Run (or reuse) NAME's data steps up to `until` with params.yaml and the benchmark's overrides."""
-    from semid.flows.engine import quiet_prefect
+    from semid.flows.engine import on_engine, quiet_prefect  # imports no prefect: quiet_prefect runs before it
 
     quiet_prefect()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from semid.flows.engine import on_engine
     from semid.flows.retrain import prepare
     from semid.tasks.config import load_config
 

@@ -49,8 +49,7 @@ def load_encoder(model: str, backend: str = "torch", onnx_dir: str | None = None
 
         from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder
 
-        folder = onnx_export(model, st, onnx_dir)
-        path = verified(folder, FP32 if backend == "onnx" else INT8)
+        path, _ = verified(onnx_export(model, st, onnx_dir), FP32 if backend == "onnx" else INT8)
         return OnnxEncoder(st, path, threads or torch.get_num_threads())
     except EncoderNotFound as err:
         raise PipelineError(str(err), f"set embed.model to {DEFAULT_MODEL} or to a directory holding a "
@@ -69,9 +68,10 @@ def onnx_folder(model: str, onnx_dir: str | None) -> Path:
     return base / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(model).name)}-{key.hexdigest()[:16]}"
 
 
-def onnx_export(model: str, st: Any, onnx_dir: str | None) -> Path:
-    """The model's export folder, exported now if absent: built in a staging folder, renamed into place whole
-    (a concurrent exporter that finished first wins; staging folders over an hour old are leftovers, removed)."""
+def onnx_export(model: str, st: Any | None, onnx_dir: str | None) -> Path:
+    """The model's export folder, exported now if absent (from `st`, else the model loaded now): built in a staging
+    folder, renamed into place whole (a concurrent exporter that finished first wins; staging folders over an hour
+    old are leftovers, removed)."""
     from semid.models.onnx_encoder import FP32, INT8, export
 
     folder = onnx_folder(model, onnx_dir)
@@ -81,7 +81,7 @@ def onnx_export(model: str, st: Any, onnx_dir: str | None) -> Path:
     remove_stale_dirs(folder.parent.glob(".*-*"), 3600)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        info = export(st, staging)
+        info = export(st if st is not None else _load_encoder(model), staging)
         info.update(model=model, libs={d: _version(d) for d in EXPORT_LIBS},
                     sha256={f: sha256_file(staging / f) for f in (FP32, INT8)})
         (staging / "export.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -105,28 +105,18 @@ def _version(dist: str) -> str:
                                   "pip install -e . (it is a dependency), or set embed.backend=torch.") from None
 
 
-def verified(folder: Path, file: str) -> Path:
-    """folder/file, if it is the file exported there (its sha256 as recorded in export.json)."""
+def verified(folder: Path, file: str) -> tuple[Path, str]:
+    """folder/file and its sha256, if it is the file exported there (its sha256 as recorded in export.json)."""
     path, record = folder / file, folder / "export.json"
     fix = f"delete {folder} (the next run exports the model again), or set embed.backend=torch."
     if not record.exists():
         raise PipelineError(f"The ONNX export folder {folder} has no export.json (an incomplete or foreign folder).",
                             fix)
-    if not path.exists() or sha256_file(path) != json.loads(record.read_text())["sha256"].get(file):
+    sha = json.loads(record.read_text())["sha256"].get(file)
+    if not path.exists() or sha256_file(path) != sha:
         state = "is missing" if not path.exists() else "does not match the sha256 recorded at export (corrupted)"
         raise PipelineError(f"The exported ONNX model {path} {state}.", fix)
-    return path
-
-
-def int8_file(cfg: Config) -> Path:
-    """The int8 ONNX model of cfg.embed, verified against its export record (exported now if absent here)."""
-    from semid.models.onnx_encoder import INT8
-
-    e = cfg.embed
-    folder = onnx_folder(e.model, e.onnx_dir)
-    if not folder.exists():
-        folder = onnx_export(e.model, _load_encoder(e.model), e.onnx_dir)
-    return verified(folder, INT8)
+    return path, sha
 
 
 class EmbeddingCache:
@@ -361,8 +351,10 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         "empty_text_items": [str(i) for i, t in zip(sources, texts, strict=True) if not t.strip()][:50],
     }
     if cfg.embed.backend == "onnx-int8":  # the file that encoded the catalogue: registered with the codebook, so that
-        path = int8_file(cfg)  # serving encodes new texts with the same encoder identity
-        manifest.update(onnx_model=str(path), onnx_sha256=sha256_file(path))
+        from semid.models.onnx_encoder import INT8  # serving encodes new texts with the same encoder identity
+
+        path, sha = verified(onnx_export(cfg.embed.model, None, cfg.embed.onnx_dir), INT8)
+        manifest.update(onnx_model=str(path), onnx_sha256=sha)
     with staged_dir(layout.features_dir(cfg, name)) as out:
         array = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
                                           shape=(len(texts), dim))
