@@ -118,7 +118,8 @@ class Quantizer(ABC):
 
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
         self._require_fit()
-        c = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        # a copy: codes may be a read-only memmap (diagnose), which torch warns about and must not write to
+        c = codes.long() if isinstance(codes, torch.Tensor) else torch.from_numpy(np.array(codes, dtype=np.int64))
         if c.ndim != 2 or c.shape[1] > self.levels or int(c.max()) >= self.codebook_size or int(c.min()) < 0:
             raise QuantizerInputError(f"codes must be [N, <= {self.levels}] in [0, {self.codebook_size})")
         with torch.no_grad():

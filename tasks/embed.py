@@ -1,11 +1,11 @@
 """Embed step: encode item texts with a sentence-transformers model into data/features/NAME/.
 
-Writes float32 embeddings.npy (row i = item id i) and manifest.json (model, backend, encoder identity, dim, text
-sha256 per item). A cache keyed on (encoder identity, text sha256) means unchanged items are never re-encoded; the
-identity is the model, plus the backend for onnx-int8 (semid.models.encoder.encoder_id says why fp32 onnx shares
-torch's). The ONNX backends export the model once into embed.onnx_dir/<model>-<key>/ (key: the model files'
-sha256 and the exporting libraries' versions), staged and renamed into place whole, each file's sha256 recorded
-in export.json and checked before it is loaded.
+Writes float32 embeddings.npy (row i = item id i), manifest.json (model, backend, encoder identity, dim) and
+text_sha256.json (the text hash of each item, in item order). A cache keyed on (encoder identity, text sha256) means
+unchanged items are never re-encoded; the identity is the model, plus the backend for onnx-int8
+(semid.models.encoder.encoder_id says why fp32 onnx shares torch's). The ONNX backends export the model once into
+embed.onnx_dir/<model>-<key>/ (key: the model files' sha256 and the exporting libraries' versions), staged and
+renamed into place whole, each file's sha256 recorded in export.json and checked before it is loaded.
 """
 
 from __future__ import annotations
@@ -323,8 +323,8 @@ def embed_shard(name: str, cfg: Config, shard: dict[str, Any], progress: bool = 
 
 def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]:
     """Join the shard files, checked against their manifests, into features/NAME/embeddings.npy (written through
-    a memory map: one shard in memory at a time) + manifest.json; returns the manifest without the per-item text
-    hashes. The shard files are removed once the join is in place."""
+    a memory map: one shard in memory at a time) + manifest.json (small) + text_sha256.json (one hash per item);
+    returns the manifest. The shard files are removed once the join is in place."""
     sources, texts = _item_texts(cfg, name)
     shards = sorted(shards, key=lambda s: s["start"])
     covered = [(s["start"], s["stop"]) for s in shards]
@@ -368,8 +368,9 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
             array[copies + lo] = array[chunk[copies]]
         array.flush()
         del array
-        record = {**manifest, "text_sha256": [text_sha(t) for t in texts]}
-        (out / "manifest.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")  # small: register reads it
+        # one text hash per item (item order), for serving's lookup of a known text; ~70 MB of JSON at 1M items
+        (out / "text_sha256.json").write_text(json.dumps([text_sha(t) for t in texts]) + "\n")
     shutil.rmtree(shards[0]["dir"], ignore_errors=True)
     return manifest
 

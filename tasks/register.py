@@ -28,8 +28,8 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
     for f in ("diagnostics.json", "metrics.json", "code_usage.png", "k_eff.png", "quantize.json"):
         tracker.artifacts(run_id, sem / f, "diagnostics")
     meta = sem / "codebook_meta.json"
-    texts = layout.features_dir(cfg, name) / "manifest.json"
-    features = json.loads(texts.read_text())
+    features = json.loads((layout.features_dir(cfg, name) / "manifest.json").read_text())
+    texts = layout.features_dir(cfg, name) / "text_sha256.json"
     encoder = {"encoder": features["model"], "embed_backend": features["backend"]}
     artifacts = {"codebook": str(sem), "meta": str(meta), "texts": str(texts)}
     if features["backend"] == "onnx-int8":  # serving encodes new texts with this very file (torch/fp32: the model)

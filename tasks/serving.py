@@ -37,7 +37,9 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
         self.ids = ids = pd.read_parquet(folder / "ids.parquet").sort_values("item_id")
         self.columns = code_columns(ids)
         self.by_source = dict(zip(ids["source_id"].astype(str), range(len(ids)), strict=True))
-        texts = json.loads(Path(context.artifacts["texts"]).read_text())["text_sha256"]  # per item, item order
+        texts = json.loads(Path(context.artifacts["texts"]).read_text())  # one hash per item, item order
+        if isinstance(texts, dict):  # registered before 2026-12-04: the whole embed manifest
+            texts = texts["text_sha256"]
         self.by_text = {sha: row for row, sha in enumerate(texts[: len(ids)])}
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.onnx = Path(context.artifacts["onnx"]) if "onnx" in context.artifacts else None

@@ -82,6 +82,9 @@ def test_manifest_records_the_backend(onnx_dir, tmp_path):
         on_disk = json.loads((step.layout.features_dir(cfg, "shop") / "manifest.json").read_text())
         assert on_disk["backend"] == manifest["backend"] == backend
         assert on_disk["encoder"] == encoder_id(MODEL, backend) and on_disk["model"] == MODEL
+        assert "text_sha256" not in on_disk  # the per-item hashes live beside it: register reads only the small file
+        hashes = json.loads((step.layout.features_dir(cfg, "shop") / "text_sha256.json").read_text())
+        assert hashes == [step.text_sha(t) for t in TEXTS[2:4]]
 
 
 def test_corrupted_export_is_refused_by_name(onnx_dir, tmp_path):
@@ -200,7 +203,7 @@ def _int8_codebook(onnx_dir, tmp_path):
     return cfg, manifest
 
 
-def _served(cfg, manifest, tmp_path, onnx: str | None):
+def _served(cfg, manifest, tmp_path, onnx: str | None, texts: Path | None = None):
     from types import SimpleNamespace
 
     from semid.tasks.serving import CodebookModel
@@ -209,7 +212,7 @@ def _served(cfg, manifest, tmp_path, onnx: str | None):
     meta.write_text(json.dumps({"encoder": MODEL, "embed_backend": "onnx-int8",
                                 "onnx_sha256": manifest["onnx_sha256"]}))
     artifacts = {"codebook": str(step.layout.semantic_dir(cfg, "shop")), "meta": str(meta),
-                 "texts": str(step.layout.features_dir(cfg, "shop") / "manifest.json")}
+                 "texts": str(texts or step.layout.features_dir(cfg, "shop") / "text_sha256.json")}
     if onnx is not None:
         artifacts["onnx"] = onnx
     model = CodebookModel()
@@ -228,6 +231,17 @@ def test_an_int8_codebook_encodes_new_texts_with_its_int8_file(onnx_dir, tmp_pat
     np.testing.assert_allclose(served, int8, atol=1e-6)
     assert cosine(served, torch_).min() < 1 - 1e-5  # the torch encoder would have given other vectors
     assert model.predict(None, new)["is_new"].all()
+
+
+def test_a_codebook_registered_with_the_whole_embed_manifest_still_finds_known_texts(onnx_dir, tmp_path):
+    cfg, manifest = _int8_codebook(onnx_dir, tmp_path)
+    hashes = json.loads((step.layout.features_dir(cfg, "shop") / "text_sha256.json").read_text())
+    old = tmp_path / "manifest.json"  # what register logged as 'texts' before the hashes moved to their own file
+    old.write_text(json.dumps({**manifest, "text_sha256": hashes}))
+    known = pd.DataFrame({"text": TEXTS[2:4]})
+    for texts in (None, old):
+        served = _served(cfg, manifest, tmp_path, manifest["onnx_model"], texts).predict(None, known)
+        assert not served["is_new"].any()
 
 
 def test_an_int8_codebook_without_its_model_file_is_refused(onnx_dir, tmp_path):

@@ -1,5 +1,7 @@
 """Quantizer behaviour: determinism, save/load, collisions resolved, clear errors on bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,16 @@ def test_same_seed_same_codes(method, tmp_path):
     np.testing.assert_allclose(loaded.decode(codes), a.decode(codes), rtol=1e-5, atol=1e-6)
     c = build_quantizer(method, 3, 16, ["cosine", "cosine", "euclidean"], 8, **SMALL).fit(x)
     assert not np.array_equal(c.encode(x), codes) or method == "rqkmeans"
+
+
+def test_decode_reads_memory_mapped_codes_without_a_warning(tmp_path):
+    x = clustered()
+    q = build_quantizer("rqkmeans", 3, 16, ["euclidean"] * 3, 0, kmeans_iters=5).fit(x)
+    np.save(tmp_path / "codes.npy", q.encode(x))
+    codes = np.load(tmp_path / "codes.npy", mmap_mode="r")  # read-only, as diagnose streams it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "NumPy array is not writable" UserWarning fails the test
+        np.testing.assert_array_equal(q.decode(codes), q.decode(np.array(codes)))
 
 
 def test_rqkmeans_reconstruction_improves_with_levels():
