@@ -113,10 +113,10 @@ class RecommendParams(Strict):
     betas: tuple[Beta, Beta] = (0.9, 0.999)  # Adam's (beta1, beta2); the public strong recipe uses (0.9, 0.98)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(50, ge=1)
     patience: int = Field(10, ge=1)
     min_epochs: int = Field(0, ge=0)  # never stop before this many epochs
-    smoothing: float = Field(0.0, ge=0, lt=1)  # EMA weight of the past in the early-stopping score
+    smoothing: float = Field(0.8, ge=0, lt=1)  # EMA weight of the past in the early-stopping score (0: raw score)
     monitor: Literal["ndcg@10", "recall@10", "mrr"] = "ndcg@10"
     mask_history: bool = True  # early-stopping metric on masked full ranking; both variants are reported
     negatives: int = Field(99, ge=1)
