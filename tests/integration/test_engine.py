@@ -5,6 +5,7 @@ no run reads another's vectors."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -66,7 +67,10 @@ class DaskCluster:
 
     @staticmethod
     def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-        return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ})
+        # its own session: close() then reaches what the process started, e.g. the temporary Prefect server of a
+        # worker that was SIGKILLed (which would otherwise outlive the test)
+        return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ},
+                                start_new_session=True)
 
     def _wait(self, n: int, timeout: float = 120) -> None:
         from distributed import Client
@@ -83,14 +87,16 @@ class DaskCluster:
         raise TimeoutError(f"dask cluster at {self.address} did not get {n} workers")
 
     def close(self) -> None:
-        for proc in [*self.workers, self.scheduler]:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in [*self.workers, self.scheduler]:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """SIGTERM to each process's session, then SIGKILL to whatever is left in it (the temporary Prefect server
+        of a worker that was SIGKILLed has no parent left to stop it)."""
+        procs = [*self.workers, self.scheduler]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
