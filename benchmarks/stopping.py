@@ -65,17 +65,17 @@ def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
 
 
 def replay(valid: list[float], patience: int, smoothing: float, cap: int) -> tuple[int, int]:
-    """(restored epoch, epochs run) under models.training.EarlyStopper's rule, replayed on a recorded curve."""
-    best, best_epoch, waited, ema = float("-inf"), -1, 0, None
+    """(restored epoch, epochs run) under training's own EarlyStopper, fed a recorded curve instead of a model's
+    scores (an empty module stands in for the weights it would copy)."""
+    from torch import nn
+
+    from semid.models.training import EarlyStopper
+
+    stopper, weights = EarlyStopper(patience, smoothing=smoothing), nn.Module()
     for epoch, score in enumerate(valid[:cap]):
-        ema = score if ema is None else smoothing * ema + (1 - smoothing) * score
-        if ema > best:
-            best, best_epoch, waited = ema, epoch, 0
-            continue
-        waited += 1
-        if waited >= patience:
-            return best_epoch, epoch + 1
-    return best_epoch, min(cap, len(valid))
+        if stopper.step(weights, score, epoch):
+            return stopper.best_epoch, epoch + 1
+    return stopper.best_epoch, min(cap, len(valid))
 
 
 def rules(records: list[dict]) -> list[str]:

@@ -40,7 +40,6 @@ def test_threads_per_task_come_from_the_config():
     assert load_config(None, ["flow.workers=64"]).flow.task_threads() == 1
 
 
-
 def test_a_step_after_shard_tasks_gets_every_cpu_back():
     """torch starts each new thread with the thread count last set in any thread. After the embed shards (1 thread
     each on 2 cores) the default job's quantize and recommend tasks, each in a new thread, ran on 1 core."""
