@@ -34,10 +34,10 @@ RECORDS = OUT / "stopping.jsonl"
 
 def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
     """One seed's per-epoch validation and test NDCG@10 (masked), training for exactly `epochs` epochs."""
-    from semid.models.seqrec import build_recommender, evaluate, optimizer, train_batches
+    from semid.models.seqrec import evaluate, optimizer, train_batches
     from semid.models.training import fit
     from semid.tasks.config import load_config
-    from semid.tasks.recommend import _load, _split
+    from semid.tasks.recommend import split_and_model
     from semid.tasks.tracking import git_sha
 
     overrides = [f"data.root={root}", f"quantizer.seed={seed}", f"diagnose.seed={seed}", f"recommend.seed={seed}",
@@ -45,9 +45,7 @@ def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
     prepare_dataset("ml-100k", "diagnose", overrides)
     cfg = load_config(PARAMS, [*overrides, "data.dataset=ml-100k"])
     p = cfg.recommend
-    tables, n_items, parts = _load("ml-100k", cfg, p, None)
-    split = _split(tables, n_items, p)
-    model = build_recommender(n_items, p, *parts)
+    split, model = split_and_model("ml-100k", cfg, p)
     valid, test = [], []
 
     def validate() -> tuple[float, dict]:

@@ -38,7 +38,8 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_encoder(model: str, backend: str = "torch", onnx_dir: str | None = None, threads: int | None = None) -> Any:
+def load_encoder(model: str, backend: str = "torch", onnx_dir: str | None = None, threads: int | None = None,
+                 memory: str = "arena") -> Any:
     """The encoder of `model` on `backend` (an object with SentenceTransformer's encode); any failure is one
     PipelineError naming the fix, never a fallback to another backend."""
     try:
@@ -50,7 +51,7 @@ def load_encoder(model: str, backend: str = "torch", onnx_dir: str | None = None
         from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder
 
         path, _ = verified(onnx_export(model, st, onnx_dir), FP32 if backend == "onnx" else INT8)
-        return OnnxEncoder(st, path, threads or torch.get_num_threads())
+        return OnnxEncoder(st, path, threads or torch.get_num_threads(), memory)
     except EncoderNotFound as err:
         raise PipelineError(str(err), f"set embed.model to {DEFAULT_MODEL} or to a directory holding a "
                             "sentence-transformers model.") from None
@@ -180,7 +181,7 @@ def encode_texts(
             todo[k] = t
     if todo:
         e = cfg.embed
-        encoder = encoder or load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads)
+        encoder = encoder or load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads, e.onnx_memory)
         new_keys, new_texts = list(todo), list(todo.values())
         chunk = cfg.embed.batch_size * 4
         parts = []
@@ -272,12 +273,12 @@ def _worker_encoder(cfg: Config) -> Any:
     """One encoder per worker thread and encoder config: loaded by the worker's first shard, reused by the rest
     (sentence-transformers' tokenizer is not safe to share between threads)."""
     e = cfg.embed
-    key = (e.model, e.backend, e.onnx_dir, e.onnx_threads, torch_threads())
+    key = (e.model, e.backend, e.onnx_dir, e.onnx_threads, e.onnx_memory, torch_threads())
     if not hasattr(_ENCODERS, "by_key"):
         _ENCODERS.by_key = {}
     cache = _ENCODERS.by_key
     if key not in cache:
-        cache[key] = load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads)
+        cache[key] = load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads, e.onnx_memory)
     return cache[key]
 
 

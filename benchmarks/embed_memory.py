@@ -1,0 +1,132 @@
+"""Embed memory: embed.onnx_memory arena vs plain (no arena) vs arena-shrink, as the embed step runs its shards
+(one encoder per shard thread, 256-text chunks sorted longest-first, embed.batch_size). Each configuration runs in
+its own fresh process so the peak anonymous RSS (VmHWM is inflated by the mapped model file) belongs to it alone;
+texts/s comes from the same run. Repetitions rotate the order so drifting load hits every configuration alike.
+
+    python benchmarks/embed_memory.py [--dataset amazon-beauty] [--texts 4096 12101] [--reps 1] [--backend onnx-int8]
+
+Writes benchmarks/results/embed_memory.{json,md} (machine, date, command, git sha, load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
+from benchmarks.quantizers import machine, write_report  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+CHUNK = 256  # tasks/embed.encode_texts' chunk
+MODES = ["arena", "plain", "arena-shrink"]
+
+
+def child(args: argparse.Namespace) -> None:
+    """One configuration in this process: `threads` shard threads, each with its own encoder, over the texts."""
+    import torch
+
+    from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder
+    from semid.tasks.config import load_config
+    from semid.tasks.embed import _item_texts, _load_encoder, onnx_export, verified
+
+    cfg = load_config(PARAMS, [f"data.dataset={args.dataset}", f"data.root={args.root}"])
+    texts = _item_texts(cfg, args.dataset)[1][: args.texts[0]]
+    st = _load_encoder(cfg.embed.model)
+    path, _ = verified(onnx_export(cfg.embed.model, st, args.onnx_dir), FP32 if args.backend == "onnx" else INT8)
+    torch.set_num_threads(1)
+    shards = [texts[i:: args.threads] for i in range(args.threads)]
+
+    def run(shard: list[str]) -> None:
+        enc = OnnxEncoder(st, path, 1, memory=args.memory)
+        for i in range(0, len(shard), CHUNK):
+            enc.encode(shard[i:i + CHUNK], batch_size=cfg.embed.batch_size)
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(s,)) for s in shards]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - start
+    peak = int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM")))
+    print(json.dumps({"wall_s": wall, "texts": len(texts), "vmhwm_mb": peak / 1024}))
+
+
+def one(args: argparse.Namespace, memory: str, texts: int, onnx_dir: str) -> dict:
+    from benchmarks.scale import TreeSampler
+
+    cmd = [sys.executable, __file__, "--child", "--memory", memory, "--onnx-dir", onnx_dir, "--root", args.root,
+           "--dataset", args.dataset, "--texts", str(texts), "--backend", args.backend,
+           "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    with TreeSampler(proc.pid, 0.1) as sampler:
+        out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"the {memory} run failed (rc {proc.returncode})")
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"memory": memory, **r, "texts_per_s": r["texts"] / r["wall_s"],
+            "peak_anon_mb": sampler.result()["peak_anon_mb"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--texts", type=int, nargs="+", default=[4096, 12101])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="shard threads (the flow's flow.workers)")
+    ap.add_argument("--backend", default="onnx-int8", choices=["onnx", "onnx-int8"])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory", default="arena", help=argparse.SUPPRESS)
+    ap.add_argument("--onnx-dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    from semid.tasks.tracking import git_sha
+
+    command = "python benchmarks/embed_memory.py " + shlex.join(sys.argv[1:])
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        args.root = str(Path(tmp) / "data")
+        prepare_dataset(args.dataset, "validate", [f"data.root={args.root}"])
+        onnx_dir = str(Path(tmp) / "onnx")
+        records = []
+        for n in args.texts:
+            for rep in range(args.reps):
+                for memory in MODES[rep % 3:] + MODES[:rep % 3]:
+                    records.append({"rep": rep, **one(args, memory, n, onnx_dir)})
+                    print(json.dumps(records[-1]), flush=True)
+    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "git": git_sha()[:12], "command": command, "load_before": load_before, "load_after": os.getloadavg(),
+            "dataset": args.dataset, "backend": args.backend, "threads": args.threads}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "embed_memory.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    lines = ["# Embed memory: embed.onnx_memory (onnxruntime's CPU memory arena or none)", "",
+             f"Machine: {meta['machine']}. Date: {meta['date']}. Git: {meta['git']}. Command: `{command}`. "
+             f"Load average before/after: {[round(x, 2) for x in load_before]} / "
+             f"{[round(x, 2) for x in meta['load_after']]}.", "",
+             f"The first {' and '.join(map(str, args.texts))} item texts of {args.dataset} (real), backend "
+             f"{args.backend}, {args.threads} shard threads "
+             "with one encoder each, 1 intra-op thread each, chunks of 256 sorted longest-first. Peak anon MB = "
+             "the peak of RssAnon over 0.1 s samples of the process.", "",
+             "| texts | rep | onnx_memory | wall s | texts/s | peak anon MB | VmHWM MB |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['texts']} | {r['rep']} | {r['memory']} | {r['wall_s']:.1f} | {r['texts_per_s']:.1f} | "
+                     f"{r['peak_anon_mb']:.0f} | {r['vmhwm_mb']:.0f} |")
+    write_report("embed_memory", lines)
+
+
+if __name__ == "__main__":
+    main()
