@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="shard threads (the flow's flow.workers)")
     ap.add_argument("--backend", default="onnx-int8", choices=["onnx", "onnx-int8"])
+    ap.add_argument("--render", action="store_true", help="only rewrite embed_memory.md from embed_memory.json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory", default="arena", help=argparse.SUPPRESS)
     ap.add_argument("--onnx-dir", default=None, help=argparse.SUPPRESS)
@@ -93,9 +94,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.render:
+        return render()
     from semid.tasks.tracking import git_sha
 
-    command = "python benchmarks/embed_memory.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/embed_memory.py", *sys.argv[1:]])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         args.root = str(Path(tmp) / "data")
@@ -107,19 +110,27 @@ def main() -> None:
                 for memory in MODES[rep % 3:] + MODES[:rep % 3]:
                     records.append({"rep": rep, **one(args, memory, n, onnx_dir)})
                     print(json.dumps(records[-1]), flush=True)
-    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            "git": git_sha()[:12], "command": command, "load_before": load_before, "load_after": os.getloadavg(),
-            "dataset": args.dataset, "backend": args.backend, "threads": args.threads}
+    m = machine()
+    meta = {"machine": f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}", "date": m["date"],
+            "git": git_sha()[:12], "command": command.strip(), "load_before": load_before,
+            "load_after": os.getloadavg(), "dataset": args.dataset, "backend": args.backend, "threads": args.threads}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "embed_memory.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    render()
+
+
+def render() -> None:
+    """benchmarks/results/embed_memory.md from embed_memory.json and the hand-written embed_memory.findings.md."""
+    data = json.loads((OUT / "embed_memory.json").read_text())
+    meta, records = data["meta"], data["records"]
+    sizes = " and ".join(map(str, dict.fromkeys(r["texts"] for r in records)))
     lines = ["# Embed memory: embed.onnx_memory (onnxruntime's CPU memory arena or none)", "",
-             f"Machine: {meta['machine']}. Date: {meta['date']}. Git: {meta['git']}. Command: `{command}`. "
-             f"Load average before/after: {[round(x, 2) for x in load_before]} / "
+             f"Machine: {meta['machine']}. Date: {meta['date']}. Git: {meta['git']}. Command: `{meta['command']}`. "
+             f"Load average before/after: {[round(x, 2) for x in meta['load_before']]} / "
              f"{[round(x, 2) for x in meta['load_after']]}.", "",
-             f"The first {' and '.join(map(str, args.texts))} item texts of {args.dataset} (real), backend "
-             f"{args.backend}, {args.threads} shard threads "
-             "with one encoder each, 1 intra-op thread each, chunks of 256 sorted longest-first. Peak anon MB = "
-             "the peak of RssAnon over 0.1 s samples of the process.", "",
+             f"The first {sizes} item texts of {meta['dataset']} (real), backend {meta['backend']}, {meta['threads']} "
+             "shard threads with one encoder each, 1 intra-op thread each, chunks of 256 sorted longest-first. "
+             "Peak anon MB = the peak of RssAnon over 0.1 s samples of the process.", "",
              "| texts | rep | onnx_memory | wall s | texts/s | peak anon MB | VmHWM MB |",
              "|---:|---|---|---:|---:|---:|---:|"]
     for r in records:
