@@ -73,7 +73,7 @@ class EmbedConfig(Strict):
     onnx_dir: str | None = None  # the exported ONNX models; default: ~/.cache/semid/onnx
     onnx_threads: int | None = Field(None, ge=1)  # onnxruntime intra-op threads; default: torch.get_num_threads()
     # onnxruntime's CPU memory: plain (no arena) stays flat (~1.6 GB for 2 shard threads); arena is ~1.3x faster
-    # but grows with each new batch shape (2.2 GB at 4k texts, 3.0 GB at 12k; benchmarks/results/embed_memory.md)
+    # but grows with each new batch shape (2.2 GB at 4k texts, 2.5-3.0 at 12k; benchmarks/results/embed_memory.md)
     onnx_memory: Literal["plain", "arena", "arena-shrink"] = "plain"
     shard_size: int = Field(50_000, ge=1)  # items per embedding shard (one task each, .map-ped by the flow)
 
