@@ -76,24 +76,28 @@ def onnx_export(model: str, st: Any | None, onnx_dir: str | None) -> Path:
     from semid.models.onnx_encoder import FP32, INT8, export
 
     folder = onnx_folder(model, onnx_dir)
-    if folder.exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_dirs(folder.parent.glob(".*-*"), 3600)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        info = export(st if st is not None else _load_encoder(model), staging)
-        info.update(model=model, libs={d: _version(d) for d in EXPORT_LIBS},
-                    sha256={f: sha256_file(staging / f) for f in (FP32, INT8)})
-        (staging / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    with _EXPORT_LOCK:  # torch.export is not thread-safe (two shard threads exporting at once failed)
+        if folder.exists():
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_dirs(folder.parent.glob(".*-*"), 3600)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            staging.rename(folder)
-        except OSError:
-            if not folder.exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+            info = export(st if st is not None else _load_encoder(model), staging)
+            info.update(model=model, libs={d: _version(d) for d in EXPORT_LIBS},
+                        sha256={f: sha256_file(staging / f) for f in (FP32, INT8)})
+            (staging / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+            try:
+                staging.rename(folder)
+            except OSError:
+                if not folder.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+
+_EXPORT_LOCK = threading.Lock()  # one export at a time in a process; processes race safely via the staging rename
 
 
 def _version(dist: str) -> str:

@@ -71,6 +71,17 @@ def test_onnx_memory_reaches_the_session_and_keeps_the_vectors(onnx_dir, torch_v
         OnnxEncoder(plain.st, Path("unused.onnx"), 1, "off")
 
 
+def test_two_threads_exporting_at_once_both_get_the_export(tmp_path):
+    """The embed step's shard threads each load their encoder; on an empty onnx_dir both export. torch.export is not
+    thread-safe: unserialised, one thread failed with TorchExportError (seen in benchmarks/embed_memory.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: step.onnx_export(MODEL, None, str(tmp_path)), range(2)))
+    assert folders[0] == folders[1] and (folders[0] / FP32).exists() and (folders[0] / INT8).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [folders[0].name]  # no staging folder left behind
+
+
 def test_int8_is_close_but_another_encoder(onnx_dir, torch_vectors, tmp_path):
     vectors = step.load_encoder(MODEL, "onnx-int8", str(onnx_dir)).encode(TEXTS, batch_size=3)
     cos = cosine(vectors, torch_vectors)
