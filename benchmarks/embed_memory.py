@@ -1,7 +1,7 @@
 """Embed memory: embed.onnx_memory arena vs plain (no arena) vs arena-shrink, as the embed step runs its shards
-(one encoder per shard thread, 256-text chunks sorted longest-first, embed.batch_size). Each configuration runs in
-its own fresh process so the peak anonymous RSS (VmHWM is inflated by the mapped model file) belongs to it alone;
-texts/s comes from the same run. Repetitions rotate the order so drifting load hits every configuration alike.
+(tasks/embed.encode_texts in one thread per shard, each with its worker encoder, through an empty cache). Each
+configuration runs in its own fresh process so the peak anonymous RSS (VmHWM is inflated by the mapped model file)
+belongs to it alone; texts/s comes from the same run. Repetitions rotate the order so load drift hits all alike.
 
     python benchmarks/embed_memory.py [--dataset amazon-beauty] [--texts 4096 12101] [--reps 1] [--backend onnx-int8]
 
@@ -17,46 +17,39 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine, write_report  # noqa: E402
+from semid.models.onnx_encoder import MEMORY  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-CHUNK = 256  # tasks/embed.encode_texts' chunk
-MODES = ["arena", "plain", "arena-shrink"]
 
 
 def child(args: argparse.Namespace) -> None:
-    """One configuration in this process: `threads` shard threads, each with its own encoder, over the texts."""
-    import torch
-
-    from semid.models.onnx_encoder import FP32, INT8, OnnxEncoder
+    """One configuration in this process, on the embed step's own path: `threads` shard threads, each with its
+    worker encoder (loaded inside the timed region, as in the step), encoding through an empty embedding cache."""
     from semid.tasks.config import load_config
-    from semid.tasks.embed import _item_texts, _load_encoder, onnx_export, verified
+    from semid.tasks.embed import _item_texts, _worker_encoder, encode_texts, set_task_threads
 
-    cfg = load_config(PARAMS, [f"data.dataset={args.dataset}", f"data.root={args.root}"])
+    cfg = load_config(PARAMS, [f"data.dataset={args.dataset}", f"data.root={args.root}",
+                               f"embed.backend={args.backend}", f"embed.onnx_dir={args.onnx_dir}",
+                               "embed.onnx_threads=1", f"embed.onnx_memory={args.memory}",
+                               f"embed.cache_dir={tempfile.mkdtemp(dir=args.root)}"])
     texts = _item_texts(cfg, args.dataset)[1][: args.texts[0]]
-    st = _load_encoder(cfg.embed.model)
-    path, _ = verified(onnx_export(cfg.embed.model, st, args.onnx_dir), FP32 if args.backend == "onnx" else INT8)
-    torch.set_num_threads(1)
     shards = [texts[i:: args.threads] for i in range(args.threads)]
 
     def run(shard: list[str]) -> None:
-        enc = OnnxEncoder(st, path, 1, memory=args.memory)
-        for i in range(0, len(shard), CHUNK):
-            enc.encode(shard[i:i + CHUNK], batch_size=cfg.embed.batch_size)
+        set_task_threads(1)
+        encode_texts(shard, cfg, encoder=_worker_encoder(cfg))
 
     start = time.perf_counter()
-    workers = [threading.Thread(target=run, args=(s,)) for s in shards]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    with ThreadPoolExecutor(args.threads) as pool:
+        list(pool.map(run, shards))  # a shard's exception ends the run, as in tasks/embed.embed
     wall = time.perf_counter() - start
     peak = int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmHWM")))
@@ -107,7 +100,7 @@ def main() -> None:
         records = []
         for n in args.texts:
             for rep in range(args.reps):
-                for memory in MODES[rep % 3:] + MODES[:rep % 3]:
+                for memory in MEMORY[rep % 3:] + MEMORY[:rep % 3]:
                     records.append({"rep": rep, **one(args, memory, n, onnx_dir)})
                     print(json.dumps(records[-1]), flush=True)
     m = machine()
@@ -129,7 +122,8 @@ def render() -> None:
              f"Load average before/after: {[round(x, 2) for x in meta['load_before']]} / "
              f"{[round(x, 2) for x in meta['load_after']]}.", "",
              f"The first {sizes} item texts of {meta['dataset']} (real), backend {meta['backend']}, {meta['threads']} "
-             "shard threads with one encoder each, 1 intra-op thread each, chunks of 256 sorted longest-first. "
+             "shard threads through the embed step's encode_texts, each with its own encoder and 1 intra-op thread, an "
+             "empty embedding cache, encoder loading included. "
              "Peak anon MB = the peak of RssAnon over 0.1 s samples of the process.", "",
              "| texts | rep | onnx_memory | wall s | texts/s | peak anon MB | VmHWM MB |",
              "|---:|---|---|---:|---:|---:|---:|"]

@@ -127,6 +127,9 @@ def _missing_onnxruntime() -> EncoderBackendError:
                                "pip install -e . (it is a dependency), or set embed.backend=torch.")
 
 
+MEMORY = ("arena", "plain", "arena-shrink")  # OnnxEncoder's memory modes (embed.onnx_memory)
+
+
 class OnnxEncoder:
     """`encode(texts, batch_size) -> float32 [N, dim]` like SentenceTransformer.encode, on an ONNX session."""
 
@@ -142,8 +145,8 @@ class OnnxEncoder:
         options.log_severity_level = 3
         # memory: onnxruntime's CPU memory arena (its default; grows with each new input shape and keeps it), plain
         # (no arena: memory flat, slower), or arena-shrink (the arena's free chunks returned after every run)
-        if memory not in ("arena", "plain", "arena-shrink"):
-            raise ValueError(f"memory must be arena, plain or arena-shrink, not {memory!r}")
+        if memory not in MEMORY:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY)}, not {memory!r}")
         options.enable_cpu_mem_arena = memory != "plain"
         self.run_options = ort.RunOptions()
         if memory == "arena-shrink":
