@@ -72,8 +72,8 @@ class EmbedConfig(Strict):
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"  # onnx: torch's vectors (float rounding), int8: ~0.993
     onnx_dir: str | None = None  # the exported ONNX models; default: ~/.cache/semid/onnx
     onnx_threads: int | None = Field(None, ge=1)  # onnxruntime intra-op threads; default: torch.get_num_threads()
-    # onnxruntime's CPU memory: plain (no arena) stays flat (~1.6 GB for 2 shard threads); arena is ~1.3x faster
-    # but grows with each new batch shape (2.2 GB at 4k texts, 2.5-3.0 at 12k; benchmarks/results/embed_memory.md)
+    # onnxruntime's CPU memory: plain (no arena) peaks ~24 % lower (2.1 vs 2.8 GB for 12k texts, 2 shard threads);
+    # arena is ~1.2x faster (benchmarks/results/embed_memory.md)
     onnx_memory: Literal["plain", "arena", "arena-shrink"] = "plain"
     shard_size: int = Field(50_000, ge=1)  # items per embedding shard (one task each, .map-ped by the flow)
 
