@@ -39,7 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
-SIZES = {"10k": None, "100k": (100_000, 1_000_000), "1m": (1_000_000, 10_000_000)}  # None: amazon-beauty (real)
+SIZES = {"10k": None, "100k": (100_000, 1_000_000), "1m": (1_000_000, 10_000_000),  # None: amazon-beauty (real)
+         "100m": (1_000_000, 100_000_000)}  # 1M items, 100M interactions: for ingest + validate (--until validate)
 REAL = "amazon-beauty"
 STAGES = ["generate", "fetch", "validate", "embed", "quantize", "diagnose"]
 
@@ -221,7 +222,11 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         nominal = 12_101
     flags = [a for s in sets for a in ("--set", s)]
     semid = semid_bin()
-    if args.task_runner:
+    if args.until == "validate":
+        stage("fetch", [semid, "data", "fetch", dataset, *flags], nominal)
+        stage("validate", [semid, "data", "validate", dataset, *flags], nominal)
+        n = processed_items(work / "data", dataset) or nominal
+    elif args.task_runner:
         runner = [*flags, "--set", f"flow.task_runner={args.task_runner}"]
         stage("fetch+validate", [semid, "prepare", dataset, "--until", "validate", *runner], nominal)
         n = processed_items(work / "data", dataset) or nominal
@@ -312,7 +317,7 @@ def report(records: list[dict], meta: dict) -> list[str]:
               "memory-mapped files and only for reference. CPU s = user + sys of the tree; CPU s above wall s "
               "means more than one core was busy. `generate` is the synthetic generator, not a pipeline stage.",
               ""]
-    key = lambda r: ({"10k": 0, "100k": 1, "1m": 2}.get(r["size"], 9), r.get("task_runner") or "",  # noqa: E731
+    key = lambda r: ({"10k": 0, "100k": 1, "1m": 2, "100m": 3}.get(r["size"], 9), r.get("task_runner") or "",  # noqa: E731
                      r["backend"], tuple(r.get("overrides") or []), order.get(r["stage"], 99))
     lines += ["| size | data | items | runner | backend | overrides | stage | wall s | CPU s | items/s | "
               "peak anon MB | VmHWM sum MB | procs | encoded |",
@@ -357,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task-runner", default=None, choices=["local", "dask"],
                     help="embed through the flow (semid prepare --until embed) with this flow.task_runner")
     ap.add_argument("--set", action="append", default=[], help="pipeline override, e.g. quantizer.method=rqkmeans")
-    ap.add_argument("--until", default="diagnose", choices=["embed", "quantize", "diagnose"],
-                    help="last stage measured (embed: e.g. only the task-runner comparison)")
+    ap.add_argument("--until", default="diagnose", choices=["validate", "embed", "quantize", "diagnose"],
+                    help="last stage measured (embed: e.g. only the task-runner comparison; validate: ingest only)")
     ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")

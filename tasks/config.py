@@ -55,6 +55,11 @@ class DataConfig(Strict):
     min_text_coverage: float = Field(0.95, ge=0.0, le=1.0)
     dvc_remote: str | None = None
     local: LocalSource | None = None
+    # validate's engine. duckdb: out of core, parquet snapshots read in place, memory bounded by duckdb_memory_limit
+    # (spilling to data.root/tmp); the same checks, messages and processed tables as pandas (tests/data)
+    engine: Literal["pandas", "duckdb"] = "pandas"
+    duckdb_memory_limit: str = Field("4GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    duckdb_threads: int | None = Field(None, ge=1)  # default: every CPU
 
     @model_validator(mode="after")
     def _mirror_from_env(self) -> DataConfig:

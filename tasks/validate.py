@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
-from semid.tasks import layout
+from semid.tasks import layout, validate_sql
 from semid.tasks.config import Config, LocalSource
 from semid.tasks.datasets import LOCAL_FORMATS, get_spec
 from semid.tasks.errors import PipelineError
@@ -189,6 +191,9 @@ def _timestamps(ts: pd.Series, col: str) -> pd.Series:
     missing, for the not-null check)."""
     if pd.api.types.is_numeric_dtype(ts):
         return ts
+    if pd.api.types.is_datetime64_any_dtype(ts):  # a date/time column (parquet TIMESTAMP): epoch seconds, not ns
+        utc = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts
+        return (utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     present = ts.notna() & (ts.astype("string").str.strip() != "")
     numbers = pd.to_numeric(ts, errors="coerce")
     dates = pd.to_datetime(ts.where(present & numbers.isna()), errors="coerce", utc=True, format="mixed")
@@ -334,8 +339,9 @@ def _frames(raw: RawTables) -> dict[str, pd.DataFrame]:
     return {"interactions": inter, "items": raw.items, "users": users}
 
 
-def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path | None) -> ValidationOutcome:
-    """Run one GX checkpoint over the three tables; data docs go to docs_dir when given."""
+def _checkpoints(tables: dict[str, tuple[pd.DataFrame, list[Any]]], docs_dir: Path | None) -> dict[str, Any]:
+    """One GX checkpoint per table (its frame and expectations); data docs go to docs_dir when given. Returns the
+    validation result of each table."""
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)  # gx resets its loggers on import
@@ -350,12 +356,9 @@ def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }
         ctx.add_data_docs_site("semid", site)
-    frames = _frames(raw)
-    item_ids = [str(i) for i in raw.items["item_id"].dropna().unique()] if "item_id" in raw.items else []
     source = ctx.data_sources.add_or_update_pandas("semid")
-    failures: list[dict[str, Any]] = []
-    results: dict[str, Any] = {}
-    for table, expectations in _suites(has_text, cfg, item_ids).items():
+    out: dict[str, Any] = {}
+    for table, (frame, expectations) in tables.items():
         suite = ctx.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
         batch_def = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch_def, suite=suite))
@@ -366,35 +369,107 @@ def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path
                 result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
             )
         )
-        run = checkpoint.run(batch_parameters={"dataframe": frames[table]})
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
         for vr in run.run_results.values():
-            results[table] = vr.to_json_dict()
-            for er in vr.results:
-                if er.success:
-                    continue
-                conf = er.expectation_config
-                res = er.result or {}
-                idx = (res.get("unexpected_index_list") or [])[:5]
-                examples = frames[table].loc[idx].to_dict("records") if idx else []
-                if not examples and res.get("partial_unexpected_list"):
-                    examples = res["partial_unexpected_list"][:5]
-                if er.exception_info and er.exception_info.get("raised_exception"):
-                    examples = [er.exception_info.get("exception_message", "")]
-                failures.append(
-                    {
-                        "table": table,
-                        "expectation": conf.type,
-                        "column": conf.kwargs.get("column") or conf.kwargs.get("column_list"),
-                        "count": res.get("unexpected_count"),
-                        "observed": res.get("observed_value"),
-                        "examples": examples,
-                        "fix": FIXES_BY_COLUMN.get((conf.type, conf.kwargs.get("column")))
-                        or FIXES.get(conf.type, "repair the source data"),
-                    }
-                )
-    if docs_dir is not None:  # once, from the stored results of all three (an UpdateDataDocsAction per run builds 3x)
+            out[table] = vr
+    if docs_dir is not None:  # once, from the stored results of all tables (an UpdateDataDocsAction per run builds 3x)
         ctx.build_data_docs(site_names=["semid"])
-    return ValidationOutcome(not failures, failures, results, docs_dir)
+    return out
+
+
+def _fix(expectation: str, column: Any) -> str:
+    by_column = FIXES_BY_COLUMN.get((expectation, column)) if isinstance(column, str) else None
+    return by_column or FIXES.get(expectation, "repair the source data")
+
+
+def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path | None) -> ValidationOutcome:
+    """Run one GX checkpoint over each of the three tables; data docs go to docs_dir when given."""
+    frames = _frames(raw)
+    item_ids = [str(i) for i in raw.items["item_id"].dropna().unique()] if "item_id" in raw.items else []
+    suites = _suites(has_text, cfg, item_ids)
+    results = _checkpoints({t: (frames[t], suites[t]) for t in suites}, docs_dir)
+    failures: list[dict[str, Any]] = []
+    for table, vr in results.items():
+        for er in vr.results:
+            if er.success:
+                continue
+            conf = er.expectation_config
+            res = er.result or {}
+            idx = (res.get("unexpected_index_list") or [])[:5]
+            examples = frames[table].loc[idx].to_dict("records") if idx else []
+            if not examples and res.get("partial_unexpected_list"):
+                examples = res["partial_unexpected_list"][:5]
+            if er.exception_info and er.exception_info.get("raised_exception"):
+                examples = [er.exception_info.get("exception_message", "")]
+            column = conf.kwargs.get("column") or conf.kwargs.get("column_list")
+            failures.append({"table": table, "expectation": conf.type, "column": column,
+                             "count": res.get("unexpected_count"), "observed": res.get("observed_value"),
+                             "examples": examples, "fix": _fix(conf.type, column)})
+    json_results = {t: vr.to_json_dict() for t, vr in results.items()}
+    return ValidationOutcome(not failures, failures, json_results, docs_dir)
+
+
+# (aggregate table, its column, bounds) -> the row-level check it stands for (table, expectation, column) and the
+# aggregate column that counts the failing source rows (None: report the observed value, a row count)
+AGGREGATE_CHECKS: list[tuple[str, str, dict[str, Any], tuple[str, str, Any], str | None]] = [
+    ("interaction_totals", "rows", {"min_value": 1}, ("interactions", "expect_table_row_count_to_be_between", None),
+     None),
+    *(("interaction_batches", f"{c}_nulls", {"max_value": 0},
+       ("interactions", "expect_column_values_to_not_be_null", c), f"{c}_nulls")
+      for c in ("user_id", "item_id", "timestamp")),
+    ("interaction_batches", "unknown_items", {"max_value": 0},
+     ("interactions", "expect_column_values_to_be_in_set", "item_id"), "unknown_items"),
+    ("interaction_totals", "duplicate_events", {"max_value": 0},
+     ("interactions", "expect_compound_columns_to_be_unique", ["user_id", "item_id", "timestamp"]), "duplicate_events"),
+    ("users_by_count", "n_interactions", {"min_value": "min_user_interactions"},
+     ("users", "expect_column_values_to_be_between", "n_interactions"), "users"),
+    ("item_totals", "rows", {"min_value": 1}, ("items", "expect_table_row_count_to_be_between", None), None),
+    ("item_totals", "item_id_nulls", {"max_value": 0}, ("items", "expect_column_values_to_not_be_null", "item_id"),
+     "item_id_nulls"),
+    ("item_totals", "duplicate_ids", {"max_value": 0}, ("items", "expect_column_values_to_be_unique", "item_id"),
+     "duplicate_ids"),
+    ("item_totals", "text_coverage", {"min_value": "min_text_coverage"},
+     ("items", "expect_column_value_lengths_to_be_between", "text"), "empty_texts"),
+]
+
+
+def run_aggregate_checks(src: validate_sql.Source, cfg: Config, has_text: bool,
+                         docs_dir: Path | None) -> ValidationOutcome:
+    """The duckdb engine's checks: GX on the small aggregate tables (per batch and in total), each failure reported
+    as the row-level check it stands for, with source rows as examples (the pandas engine's messages)."""
+    import great_expectations as gx
+
+    minimum = cfg.data.min_user_interactions
+    aggs = validate_sql.aggregates(src, minimum)
+    limits = {"min_user_interactions": minimum, "min_text_coverage": cfg.data.min_text_coverage}
+    checks = [c for c in AGGREGATE_CHECKS if has_text or c[1] != "text_coverage"]
+    expectations: dict[str, list[Any]] = {t: [] for t in aggs}
+    meaning: dict[tuple[str, str], tuple[tuple[str, str, Any], str | None]] = {}
+    for table, column, bounds, reported, count_col in checks:
+        kwargs = {k: limits.get(v, v) if isinstance(v, str) else v for k, v in bounds.items()}
+        expectations[table].append(gx.expectations.ExpectColumnValuesToBeBetween(column=column, **kwargs))
+        meaning[(table, column)] = (reported, count_col)
+    results = _checkpoints({t: (aggs[t], expectations[t]) for t in aggs}, docs_dir)
+    failures: list[dict[str, Any]] = []
+    for table, vr in results.items():
+        for er in vr.results:
+            if er.success:
+                continue
+            column = er.expectation_config.kwargs["column"]
+            (rtable, expectation, rcolumn), count_col = meaning[(table, column)]
+            idx = (er.result or {}).get("unexpected_index_list") or []
+            frame = aggs[table]
+            count = int(frame.loc[idx, count_col].sum()) if count_col and idx else None
+            observed = int(frame[column].sum()) if count_col is None else None
+            if er.exception_info and er.exception_info.get("raised_exception"):
+                found = [er.exception_info.get("exception_message", "")]
+            else:
+                key = (rtable, expectation, rcolumn if isinstance(rcolumn, str) else None)
+                found = validate_sql.examples(src, key, minimum)
+            failures.append({"table": rtable, "expectation": expectation, "column": rcolumn, "count": count,
+                             "observed": observed, "examples": found, "fix": _fix(expectation, rcolumn)})
+    json_results = {t: vr.to_json_dict() for t, vr in results.items()}
+    return ValidationOutcome(not failures, failures, json_results, docs_dir)
 
 
 def _describe(failures: list[dict[str, Any]], name: str, quarantine: Path) -> str:
@@ -438,39 +513,110 @@ def canonicalize(raw: RawTables) -> dict[str, pd.DataFrame]:
 TEXT_FIELDS = {"atomic": ["title", "genres"], "lcrec": ["title", "brand", "categories"], "sequence": ["text"]}
 
 
-def text_column_report(raw: RawTables, cfg: Config, fmt: str) -> dict[str, Any]:
-    """Coverage of each column the item text is made of, and a warning for each one empty for more items than
-    data.min_text_coverage allows (the joined text can look fine while one of its parts is mostly missing)."""
-    cols = cfg.data.local.text_cols if fmt == "local" and cfg.data.local is not None else TEXT_FIELDS.get(fmt, [])
-    items, coverage, warnings = raw.items, {}, []
-    for col in (c for c in cols if c in items):
-        filled = items[col].astype("string").fillna("").str.strip().str.len() > 0
-        coverage[col] = float(filled.mean()) if len(items) else 0.0
+def _text_cols(cfg: Config, fmt: str) -> list[str]:
+    return cfg.data.local.text_cols if fmt == "local" and cfg.data.local is not None else TEXT_FIELDS.get(fmt, [])
+
+
+def text_column_report(filled: dict[str, int], n_items: int, cfg: Config) -> dict[str, Any]:
+    """Coverage of each column the item text is made of (`filled`: items with a non-blank value), and a warning for
+    each one empty for more items than data.min_text_coverage allows (the joined text can look fine while one of
+    its parts is mostly missing)."""
+    coverage, warnings = {}, []
+    for col, n in filled.items():
+        coverage[col] = n / n_items if n_items else 0.0
         if coverage[col] < cfg.data.min_text_coverage:
             warnings.append(f"text column '{col}' is empty for {1 - coverage[col]:.1%} of the items "
-                            f"({int((~filled).sum())} of {len(items)}); data.min_text_coverage is "
+                            f"({n_items - n} of {n_items}); data.min_text_coverage is "
                             f"{cfg.data.min_text_coverage:.0%}")
     return {"text_column_coverage": coverage, "warnings": warnings}
+
+
+def _filled(raw: RawTables, cols: list[str]) -> dict[str, int]:
+    items = raw.items
+    return {c: int((items[c].astype("string").fillna("").str.strip().str.len() > 0).sum()) for c in cols if c in items}
+
+
+def _parse_failed(cfg: Config, name: str, err: PipelineError) -> PipelineError:
+    qdir = layout.quarantine(cfg, name, {"success": False, "parse_error": str(err)}, str(err))
+    return PipelineError(f"{err.problem} (raw batch quarantined in {qdir}; data/processed/{name} was not changed)",
+                         err.fix)
+
+
+def _reject(cfg: Config, name: str, outcome: ValidationOutcome) -> PipelineError:
+    report = {"success": False, "failures": outcome.failures, "results": outcome.result_json}
+    stamp_dir = layout.quarantine(cfg, name, report, "")
+    msg = _describe(outcome.failures, name, stamp_dir)
+    (stamp_dir / "report.txt").write_text(msg + "\n")
+    return PipelineError(msg)
+
+
+def _duckdb_source(con: Any, name: str, cfg: Config, fmt: str) -> validate_sql.Source:
+    """Parquet snapshots of a local source are read in place; everything else is parsed by pandas first."""
+    folder = layout.raw_dir(cfg, name)
+    if fmt == "local" and cfg.data.local is not None:
+        files = {what: ([folder / f"{what}.parquet"] if (folder / f"{what}.parquet").exists()
+                        else sorted((folder / what).glob("*")) if (folder / what).is_dir() else [])
+                 for what in ("items", "interactions")}
+        if all(files.values()) and all(p.suffix.lower() == ".parquet" for f in files.values() for p in f):
+            return validate_sql.parquet_source(con, files["interactions"], files["items"], cfg.data.local)
+    raw = parse(name, cfg)
+    return validate_sql.frame_source(con, raw.interactions, raw.items, _text_cols(cfg, fmt), raw.users)
+
+
+def _out_of_memory(cfg: Config, exc: Exception) -> PipelineError:
+    return PipelineError(f"DuckDB ran out of memory or temporary disk space: {str(exc).splitlines()[0]}",
+                         f"raise data.duckdb_memory_limit (now {cfg.data.duckdb_memory_limit}) or free disk space "
+                         f"under {layout.root(cfg) / 'tmp'}, where DuckDB spills beyond the limit.")
+
+
+def _validate_duckdb(name: str, cfg: Config, fmt: str, has_text: bool) -> dict[str, Any]:
+    """validate() out of core: DuckDB reads the snapshot and writes the processed tables; GX checks aggregates."""
+    tmp_root = layout.root(cfg) / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with staged_dir(layout.processed_dir(cfg, name)) as staging, \
+            tempfile.TemporaryDirectory(prefix="duckdb-", dir=tmp_root) as tmp:
+        con = validate_sql.connect(cfg.data.duckdb_memory_limit, cfg.data.duckdb_threads, Path(tmp))
+        try:
+            try:
+                src = _duckdb_source(con, name, cfg, fmt)
+                outcome = run_aggregate_checks(src, cfg, has_text, staging / "data_docs")
+            except PipelineError as err:
+                raise _parse_failed(cfg, name, err) from None
+            except duckdb.OutOfMemoryException as exc:  # not the data's fault: nothing quarantined
+                raise _out_of_memory(cfg, exc) from None
+            except (duckdb.IOException, duckdb.InvalidInputException) as exc:  # unreadable files; others are bugs
+                err = PipelineError(f"DuckDB could not read the snapshot of '{name}': {str(exc).splitlines()[0]}; "
+                                    "a file looks truncated or corrupt.",
+                                    "repair or re-export the file at its source and fetch again.")
+                raise _parse_failed(cfg, name, err) from None
+            if not outcome.success:
+                raise _reject(cfg, name, outcome)
+            try:
+                counts = validate_sql.write_canonical(src, staging)
+            except duckdb.OutOfMemoryException as exc:
+                raise _out_of_memory(cfg, exc) from None
+            report = text_column_report(validate_sql.text_filled(src), counts["items"], cfg)
+        finally:
+            con.close()
+        stats = {"dataset": name, **counts, "raw_sha256": layout.raw_hash(cfg, name), **report}
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (staging / "gx_result.json").write_text(json.dumps(outcome.result_json, indent=2, default=str))
+    return stats
 
 
 def validate(name: str, cfg: Config) -> dict[str, Any]:
     """Parse + validate data/raw/NAME; write data/processed/NAME on success. Returns stats."""
     spec = get_spec(name, cfg)
+    if cfg.data.engine == "duckdb":
+        return _validate_duckdb(name, cfg, spec.format, spec.has_text)
     try:
         raw = parse(name, cfg)
     except PipelineError as err:
-        qdir = layout.quarantine(cfg, name, {"success": False, "parse_error": str(err)}, str(err))
-        raise PipelineError(
-            f"{err.problem} (raw batch quarantined in {qdir}; data/processed/{name} was not changed)", err.fix
-        ) from None
+        raise _parse_failed(cfg, name, err) from None
     with staged_dir(layout.processed_dir(cfg, name)) as staging:
         outcome = run_expectations(raw, cfg, spec.has_text, staging / "data_docs")
         if not outcome.success:
-            report = {"success": False, "failures": outcome.failures, "results": outcome.result_json}
-            stamp_dir = layout.quarantine(cfg, name, report, "")
-            msg = _describe(outcome.failures, name, stamp_dir)
-            (stamp_dir / "report.txt").write_text(msg + "\n")
-            raise PipelineError(msg)
+            raise _reject(cfg, name, outcome)
         tables = canonicalize(raw)
         for tname, frame in tables.items():
             frame.to_parquet(staging / f"{tname}.parquet", index=False)
@@ -482,7 +628,7 @@ def validate(name: str, cfg: Config) -> dict[str, Any]:
             "interactions": int(len(inter)),
             "text_coverage": float((tables["items"]["text"].str.len() > 0).mean()),
             "raw_sha256": layout.raw_hash(cfg, name),
-            **text_column_report(raw, cfg, spec.format),
+            **text_column_report(_filled(raw, _text_cols(cfg, spec.format)), len(raw.items), cfg),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         (staging / "gx_result.json").write_text(json.dumps(outcome.result_json, indent=2, default=str))
