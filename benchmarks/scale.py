@@ -197,7 +197,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
             fh.write(f"\n$ {shlex.join(cmd)}\n")
         print(f"[{size}] {name}: {shlex.join(cmd)[:200]}", flush=True)
         m = measure(cmd, env=env, cwd=REPO, log=log)
-        rec = {**base, "stage": name, "dataset": dataset, "items": items, **m,
+        rec = {**base, "stage": name, "dataset": dataset, "items": items, "interactions": n_events, **m,
                "items_per_s": round(items / m["wall_s"], 1) if items and m["wall_s"] > 0 else None}
         print(f"[{size}] {name}: rc {m['rc']} wall {m['wall_s']}s cpu {m['cpu_s']}s "
               f"anon {m['peak_anon_mb']} MB hwm {m['hwm_sum_mb']} MB", flush=True)
@@ -207,6 +207,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
             raise SystemExit(f"[{size}] {name} failed (rc {m['rc']}); log {log}:\n" + "\n".join(tail))
         return rec
 
+    n_events = SIZES[size][1] if synthetic else 198_502
     if synthetic:
         n_items, n_inter = SIZES[size]
         dataset = f"synthetic-{n_items}"
@@ -309,7 +310,8 @@ def report(records: list[dict], meta: dict) -> list[str]:
         lines.append(f"- `{run['command']}` — {run['date']}, git {run['git_sha']}, load {run['load_before']} -> "
                      f"{run['load_after']}, ONNX export warm-up {run['onnx_warmup_s']} s (outside the numbers)")
     lines += ["", "10k = amazon-beauty (real: 12,101 items, 198,502 interactions). 100k / 1m = **SYNTHETIC** "
-              "catalogues from benchmarks/synthetic.py (seed 0; 100k items / 1M interactions, 1M / 10M): real "
+              "catalogues from benchmarks/synthetic.py (seed 0; 100k items / 1M interactions, 1M / 10M, "
+              "100m: 1M / 100M): real "
               "Amazon titles recombined, Zipf popularity; not real data.",
               "Each stage is one `semid` subprocess; a fresh data.root and embed.cache_dir per run, so every text "
               "is encoded (the embed row's `encoded` column). Peak anon RSS = the peak over 0.2 s samples of "
@@ -319,12 +321,13 @@ def report(records: list[dict], meta: dict) -> list[str]:
               ""]
     key = lambda r: ({"10k": 0, "100k": 1, "1m": 2, "100m": 3}.get(r["size"], 9), r.get("task_runner") or "",  # noqa: E731
                      r["backend"], tuple(r.get("overrides") or []), order.get(r["stage"], 99))
-    lines += ["| size | data | items | runner | backend | overrides | stage | wall s | CPU s | items/s | "
-              "peak anon MB | VmHWM sum MB | procs | encoded |",
-              "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| size | data | items | interactions | runner | backend | overrides | stage | wall s | CPU s | "
+              "items/s | peak anon MB | VmHWM sum MB | procs | encoded |",
+              "|---|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=key):
         enc = (r.get("embed_manifest") or {}).get("encoded")
         lines.append(f"| {r['size']} | {'SYNTHETIC' if r['synthetic'] else 'real'} | {fmt(r['items'])} | "
+                     f"{fmt(r.get('interactions'))} | "
                      f"{r.get('task_runner') or 'CLI'} | {r['backend']} | {' '.join(r.get('overrides') or []) or '-'}"
                      f" | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['items_per_s'])} | "
                      f"{fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | {r['processes']} | "
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
            "git_sha": git_sha(), "date": meta["date"], "load_before": [round(x, 2) for x in os.getloadavg()]}
     onnx_dir = args.scratch / "onnx"
-    run["onnx_warmup_s"] = warm_onnx(args.backend, onnx_dir)
+    run["onnx_warmup_s"] = warm_onnx(args.backend, onnx_dir) if args.until != "validate" else 0.0
     path = OUT / f"{args.out}.json"
     old = json.loads(path.read_text()) if path.exists() else {"runs": [], "records": []}
     records = []
