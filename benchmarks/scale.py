@@ -291,13 +291,15 @@ def add_slopes(records: list[dict]) -> list[dict]:
                           []).append(r)
     rows = []
     for (stage, runner, backend, ov), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["items"] or 0)
+        rs = sorted(rs, key=lambda r: (r["items"] or 0, r.get("interactions") or 0))
         for a, b in zip(rs, rs[1:], strict=False):
+            by = "items" if a["items"] != b["items"] else "interactions"  # 1m -> 100m: same items, 10x the events
+            n1, n2 = a.get(by), b.get(by)
             rows.append({"stage": stage, "task_runner": runner, "backend": backend, "overrides": list(ov),
-                         "from": a["size"], "to": b["size"], "n1": a["items"], "n2": b["items"],
-                         "wall_slope": slope(a["items"], a["wall_s"], b["items"], b["wall_s"]),
-                         "cpu_slope": slope(a["items"], a["cpu_s"], b["items"], b["cpu_s"]),
-                         "anon_slope": slope(a["items"], a["peak_anon_mb"], b["items"], b["peak_anon_mb"])})
+                         "from": a["size"], "to": b["size"], "by": by, "n1": n1, "n2": n2,
+                         "wall_slope": slope(n1, a["wall_s"], n2, b["wall_s"]) if n1 and n2 else None,
+                         "cpu_slope": slope(n1, a["cpu_s"], n2, b["cpu_s"]) if n1 and n2 else None,
+                         "anon_slope": slope(n1, a["peak_anon_mb"], n2, b["peak_anon_mb"]) if n1 and n2 else None})
     return rows
 
 
@@ -334,12 +336,14 @@ def report(records: list[dict], meta: dict) -> list[str]:
                      f"{fmt(enc) if enc is not None else '-'} |")
     slopes = [s for s in add_slopes(records) if s["stage"] != "generate"]
     lines += ["", "## Log-log slopes between consecutive sizes", "",
-              "slope = log(t2/t1) / log(n2/n1) over the item counts after validation: 1 = linear, 0 = flat.", "",
-              "| stage | runner | backend | overrides | sizes | wall slope | CPU slope | peak anon slope |",
-              "|---|---|---|---|---|---:|---:|---:|"]
+              "slope = log(t2/t1) / log(n2/n1) over the item counts after validation (over the interaction counts "
+              "where the item counts are equal, 1m -> 100m): 1 = linear, 0 = flat.", "",
+              "| stage | runner | backend | overrides | sizes | by | wall slope | CPU slope | peak anon slope |",
+              "|---|---|---|---|---|---|---:|---:|---:|"]
     for s in sorted(slopes, key=lambda s: (order.get(s["stage"], 99), s["task_runner"] or "")):
         lines.append(f"| {s['stage']} | {s['task_runner'] or 'CLI'} | {s['backend']} | "
-                     f"{' '.join(s['overrides']) or '-'} | {s['from']} -> {s['to']} | {fmt(s['wall_slope'], 2)} | "
+                     f"{' '.join(s['overrides']) or '-'} | {s['from']} -> {s['to']} | {s.get('by', 'items')} | "
+                     f"{fmt(s['wall_slope'], 2)} | "
                      f"{fmt(s['cpu_slope'], 2)} | {fmt(s['anon_slope'], 2)} |")
     for size in SIZES:
         embeds = [r for r in records if r["stage"] == "embed" and r["size"] == size]
@@ -370,10 +374,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
     from benchmarks.quantizers import machine, write_report
+
+    if args.render:
+        doc = json.loads((OUT / f"{args.out}.json").read_text())
+        write_report(args.out, report(doc["records"], {**doc["machine"], "runs": doc["runs"]}))
+        return
 
     meta = machine()
     run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
