@@ -9,11 +9,26 @@ from semid.models.items import ItemTable
 from semid.models.seqrec import SequentialRecommender
 
 
+def position_index(seq: torch.Tensor, positions: str) -> torch.Tensor:
+    """[B, T] position of each slot of right-padded `seq`: forward counts from the first item (0, 1, ...);
+    backward from the last real item (..., 1, 0), as left-padded SASRec does, so the item a prediction is made
+    from always has position 0. Pads get 0 (they are zeroed anyway)."""
+    t = torch.arange(seq.shape[1], device=seq.device)
+    if positions == "forward":
+        return t.expand_as(seq)
+    lengths = (seq > 0).sum(1, keepdim=True)
+    return (lengths - 1 - t).clamp(min=0)
+
+
 class SASRec(SequentialRecommender):
     """Causal self-attention over the (right-padded) item sequence; scores = hidden @ item table."""
 
-    def __init__(self, items: ItemTable, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5):
+    def __init__(self, items: ItemTable, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5,
+                 positions: str = "forward"):
         super().__init__()
+        if positions not in ("forward", "backward"):
+            raise ValueError(f"positions must be 'forward' or 'backward', not {positions!r}")
+        self.positions = positions
         d = items.dim
         if d % heads:
             raise ValueError(f"item dimension {d} is not divisible by heads={heads}")
@@ -31,7 +46,7 @@ class SASRec(SequentialRecommender):
         """seq [B, T] right-padded item indices (0 = pad) -> hidden [B, T, d]. Pads never reach real positions
         because attention is causal and pads only follow real items."""
         t = seq.shape[1]
-        h = table[seq] * (table.shape[1] ** 0.5) + self.pos.weight[:t]
+        h = table[seq] * (table.shape[1] ** 0.5) + self.pos.weight[position_index(seq, self.positions)]
         h = self.drop(h * (seq > 0).unsqueeze(-1))
         h = self.blocks(h, mask=self.causal[:t, :t])
         return self.norm(h)

@@ -39,7 +39,7 @@ class SequentialRecommender(nn.Module):
 
     @classmethod
     def from_params(cls, items: ItemTable, p: RecommendParams) -> SequentialRecommender:
-        return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout)
+        return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout, positions=p.positions)
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -10,7 +10,7 @@ import torch
 from semid.models.dtn import DTN, FieldEmbedding, build_ranker, multitask_loss
 from semid.models.params import QuantizerParams, RankerParams, RecommendParams
 from semid.models.ranking import RankData, make_ranker, task_aucs, train_ranker
-from semid.models.sasrec import ItemTable, SASRec
+from semid.models.sasrec import ItemTable, SASRec, position_index
 from semid.models.seqrec import Split, build_recommender, evaluate, train
 
 
@@ -29,6 +29,22 @@ def test_sasrec_is_causal():
     ha, hb = model.encode(a, table), model.encode(b, table)
     assert torch.allclose(ha[:, :3], hb[:, :3], atol=1e-6)  # positions before the change are unaffected
     assert not torch.allclose(ha[:, 3], hb[:, 3])
+
+
+def test_backward_positions_count_from_the_last_item():
+    seq = torch.tensor([[3, 4, 5, 0], [7, 8, 0, 0]])
+    assert position_index(seq, "forward").tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert position_index(seq, "backward").tolist() == [[2, 1, 0, 0], [1, 0, 0, 0]]
+    model = build_recommender(20, RecommendParams(item_repr="id", id_dim=16, positions="backward"))
+    assert model.positions == "backward"
+    model.eval()
+    table, _ = model.items()
+    with torch.no_grad():  # the last item sits at position 0 however long the history: padding changes nothing
+        short = model.last_hidden(torch.tensor([[3, 4, 5, 0, 0, 0]]), torch.tensor([3]), table)
+        longer_pad = model.last_hidden(torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0]]), torch.tensor([3]), table)
+    assert torch.allclose(short, longer_pad, atol=1e-6)
+    with pytest.raises(ValueError, match="positions must be"):
+        SASRec(ItemTable(5, "id", id_dim=8), positions="sideways")
 
 
 def test_unified_item_vector_is_codeword_sum_plus_id():
