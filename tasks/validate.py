@@ -377,6 +377,11 @@ def _checkpoints(tables: dict[str, tuple[pd.DataFrame, list[Any]]], docs_dir: Pa
     return out
 
 
+def _failed(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(table, expectation result) of every failed expectation."""
+    return [(table, er) for table, vr in results.items() for er in vr.results if not er.success]
+
+
 def _fix(expectation: str, column: Any) -> str:
     by_column = FIXES_BY_COLUMN.get((expectation, column)) if isinstance(column, str) else None
     return by_column or FIXES.get(expectation, "repair the source data")
@@ -389,22 +394,19 @@ def run_expectations(raw: RawTables, cfg: Config, has_text: bool, docs_dir: Path
     suites = _suites(has_text, cfg, item_ids)
     results = _checkpoints({t: (frames[t], suites[t]) for t in suites}, docs_dir)
     failures: list[dict[str, Any]] = []
-    for table, vr in results.items():
-        for er in vr.results:
-            if er.success:
-                continue
-            conf = er.expectation_config
-            res = er.result or {}
-            idx = (res.get("unexpected_index_list") or [])[:5]
-            examples = frames[table].loc[idx].to_dict("records") if idx else []
-            if not examples and res.get("partial_unexpected_list"):
-                examples = res["partial_unexpected_list"][:5]
-            if er.exception_info and er.exception_info.get("raised_exception"):
-                examples = [er.exception_info.get("exception_message", "")]
-            column = conf.kwargs.get("column") or conf.kwargs.get("column_list")
-            failures.append({"table": table, "expectation": conf.type, "column": column,
-                             "count": res.get("unexpected_count"), "observed": res.get("observed_value"),
-                             "examples": examples, "fix": _fix(conf.type, column)})
+    for table, er in _failed(results):
+        conf = er.expectation_config
+        res = er.result or {}
+        idx = (res.get("unexpected_index_list") or [])[:5]
+        examples = frames[table].loc[idx].to_dict("records") if idx else []
+        if not examples and res.get("partial_unexpected_list"):
+            examples = res["partial_unexpected_list"][:5]
+        if er.exception_info and er.exception_info.get("raised_exception"):
+            examples = [er.exception_info.get("exception_message", "")]
+        column = conf.kwargs.get("column") or conf.kwargs.get("column_list")
+        failures.append({"table": table, "expectation": conf.type, "column": column,
+                         "count": res.get("unexpected_count"), "observed": res.get("observed_value"),
+                         "examples": examples, "fix": _fix(conf.type, column)})
     json_results = {t: vr.to_json_dict() for t, vr in results.items()}
     return ValidationOutcome(not failures, failures, json_results, docs_dir)
 
@@ -451,23 +453,20 @@ def run_aggregate_checks(src: validate_sql.Source, cfg: Config, has_text: bool,
         meaning[(table, column)] = (reported, count_col)
     results = _checkpoints({t: (aggs[t], expectations[t]) for t in aggs}, docs_dir)
     failures: list[dict[str, Any]] = []
-    for table, vr in results.items():
-        for er in vr.results:
-            if er.success:
-                continue
-            column = er.expectation_config.kwargs["column"]
-            (rtable, expectation, rcolumn), count_col = meaning[(table, column)]
-            idx = (er.result or {}).get("unexpected_index_list") or []
-            frame = aggs[table]
-            count = int(frame.loc[idx, count_col].sum()) if count_col and idx else None
-            observed = int(frame[column].sum()) if count_col is None else None
-            if er.exception_info and er.exception_info.get("raised_exception"):
-                found = [er.exception_info.get("exception_message", "")]
-            else:
-                key = (rtable, expectation, rcolumn if isinstance(rcolumn, str) else None)
-                found = validate_sql.examples(src, key, minimum)
-            failures.append({"table": rtable, "expectation": expectation, "column": rcolumn, "count": count,
-                             "observed": observed, "examples": found, "fix": _fix(expectation, rcolumn)})
+    for table, er in _failed(results):
+        column = er.expectation_config.kwargs["column"]
+        (rtable, expectation, rcolumn), count_col = meaning[(table, column)]
+        idx = (er.result or {}).get("unexpected_index_list") or []
+        frame = aggs[table]
+        count = int(frame.loc[idx, count_col].sum()) if count_col and idx else None
+        observed = int(frame[column].sum()) if count_col is None else None
+        if er.exception_info and er.exception_info.get("raised_exception"):
+            found = [er.exception_info.get("exception_message", "")]
+        else:
+            key = (rtable, expectation, rcolumn if isinstance(rcolumn, str) else None)
+            found = validate_sql.examples(src, key, minimum)
+        failures.append({"table": rtable, "expectation": expectation, "column": rcolumn, "count": count,
+                         "observed": observed, "examples": found, "fix": _fix(expectation, rcolumn)})
     json_results = {t: vr.to_json_dict() for t, vr in results.items()}
     return ValidationOutcome(not failures, failures, json_results, docs_dir)
 

@@ -82,6 +82,12 @@ def _files(files: list[Path]) -> str:
     return "[" + ", ".join(_lit(str(f)) for f in files) + "]"
 
 
+def _file_index(files: list[Path]) -> str:
+    """A (path, idx) table of the files in their sorted order: a row's source order is (file idx, row number)."""
+    rows = ", ".join(f"({_lit(str(f))}, {i})" for i, f in enumerate(files))
+    return f"(SELECT * FROM (VALUES {rows}) AS f(path, idx))"
+
+
 def _id_expr(con: duckdb.DuckDBPyConnection, files: list[Path], col: str, kind: str) -> str:
     """Source ids as VARCHAR like the pandas engine: whole floats lose their '.0', missing stays missing."""
     if kind in ("FLOAT", "DOUBLE") or kind.startswith("DECIMAL"):
@@ -135,8 +141,6 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
                 f"missing column(s) {missing} in the {table} table (found {list(cols[table])}).",
                 "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
             )
-    order = "(SELECT * FROM (VALUES " + ", ".join(f"({_lit(str(f))}, {i})" for i, f in enumerate(inter_files)) + \
-        ") AS f(path, idx))"
     ci = cols["interactions"]
     uid = _id_expr(con, inter_files, local.user_col, ci[local.user_col])
     iid = _id_expr(con, inter_files, local.item_col, ci[local.item_col])
@@ -146,14 +150,12 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
         f"{f', {ts} AS timestamp' if ts else ''}, (CAST(f.idx AS BIGINT) << 40) + r.file_row_number AS _ord, "
         "r.filename AS _batch "
         f"FROM read_parquet({_files(inter_files)}, filename = true, file_row_number = true, union_by_name = true) r "
-        f"JOIN {order} f ON r.filename = f.path")
+        f"JOIN {_file_index(inter_files)} f ON r.filename = f.path")
     if ts:
         con.execute("CREATE VIEW inter AS SELECT * FROM inter_raw")
     else:  # the file order is the time
         con.execute("CREATE VIEW inter AS SELECT user_id, item_id, row_number() OVER (PARTITION BY user_id "
                     "ORDER BY _ord) - 1 AS timestamp, _ord, _batch FROM inter_raw")
-    item_order = "(SELECT * FROM (VALUES " + ", ".join(f"({_lit(str(f))}, {i})" for i, f in enumerate(item_files)) \
-        + ") AS f(path, idx))"
     parts = ", ".join(f"CASE WHEN regexp_matches(CAST({q(c)} AS VARCHAR), '\\S') THEN CAST({q(c)} AS VARCHAR) END"
                       for c in local.text_cols)
     item_extras = [c for c in cols["items"] if c not in (local.item_col, "text")]
@@ -163,7 +165,7 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
         f"CREATE VIEW items AS SELECT {item_id} AS item_id, concat_ws(';', {parts}) AS text{keep}, "
         f"(CAST(f.idx AS BIGINT) << 40) + r.file_row_number AS _ord "
         f"FROM read_parquet({_files(item_files)}, filename = true, file_row_number = true, union_by_name = true) r "
-        f"JOIN {item_order} f ON r.filename = f.path")
+        f"JOIN {_file_index(item_files)} f ON r.filename = f.path")
     user_order = "struct_pack(t := timestamp, o := _ord)" if ts else "_ord"
     return Source(con, [], item_extras, list(local.text_cols), user_order)
 
