@@ -197,8 +197,7 @@ def _timestamps(ts: pd.Series, col: str) -> pd.Series:
     present = ts.notna() & (ts.astype("string").str.strip() != "")
     numbers = pd.to_numeric(ts, errors="coerce")
     dates = pd.to_datetime(ts.where(present & numbers.isna()), errors="coerce", utc=True, format="mixed")
-    fix = ("repair those events at the source (epoch seconds or ISO 8601 dates), or set data.local.timestamp_col "
-           "to null to use the file order.")
+    fix = validate_sql.TS_FIX
     bad = present & numbers.isna() & dates.isna()
     if bad.any():
         examples = ", ".join(repr(v) for v in ts[bad].astype(str).unique()[:5])
@@ -223,17 +222,7 @@ def _parse_local(folder: Path, local: LocalSource, name: str) -> RawTables:
 
     inter = _read_local(files("interactions"))
     items = _read_local(files("items"))
-    needed_inter = [local.user_col, local.item_col] + ([local.timestamp_col] if local.timestamp_col else [])
-    for table, frame, cols in (
-        ("interactions", inter, needed_inter),
-        ("items", items, [local.item_col, *local.text_cols]),
-    ):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise PipelineError(
-                f"missing column(s) {missing} in the {table} table (found {list(frame.columns)}).",
-                "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
-            )
+    validate_sql.require_columns(local, list(inter.columns), list(items.columns))
     out_inter = pd.DataFrame({"user_id": inter[local.user_col], "item_id": inter[local.item_col]})
     if local.timestamp_col:
         out_inter["timestamp"] = _timestamps(inter[local.timestamp_col], local.timestamp_col)

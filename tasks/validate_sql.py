@@ -58,6 +58,19 @@ def _lit(value: str) -> str:
 # ----------------------------------------------------------------------------- sources
 
 
+def require_columns(local: LocalSource, inter_cols: list[str], item_cols: list[str]) -> None:
+    """The columns data.local maps must exist in each table (both engines' check and message)."""
+    needed_inter = [local.user_col, local.item_col] + ([local.timestamp_col] if local.timestamp_col else [])
+    for table, found, cols in (("interactions", inter_cols, needed_inter),
+                               ("items", item_cols, [local.item_col, *local.text_cols])):
+        missing = [c for c in cols if c not in found]
+        if missing:
+            raise PipelineError(
+                f"missing column(s) {missing} in the {table} table (found {found}).",
+                "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
+            )
+
+
 def frame_source(con: duckdb.DuckDBPyConnection, interactions: pd.DataFrame, items: pd.DataFrame,
                  text_cols: list[str], users: pd.DataFrame | None = None) -> Source:
     """Register parsed raw tables (source order = row order; users numbered by first appearance)."""
@@ -131,16 +144,7 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
     """Views over the snapshot's parquet files, read in place. Source order = file order, then row order; the
     pandas engine sorts events by time first, so users are numbered by their first (timestamp, order)."""
     cols = {"interactions": _columns(con, inter_files), "items": _columns(con, item_files)}
-    needed = {"interactions": [local.user_col, local.item_col] + ([local.timestamp_col] if local.timestamp_col
-                                                                  else []),
-              "items": [local.item_col, *local.text_cols]}
-    for table in ("interactions", "items"):
-        missing = [c for c in needed[table] if c not in cols[table]]
-        if missing:
-            raise PipelineError(
-                f"missing column(s) {missing} in the {table} table (found {list(cols[table])}).",
-                "add the column(s) to the source, or fix the column mapping under data.local in params.yaml.",
-            )
+    require_columns(local, list(cols["interactions"]), list(cols["items"]))
     ci = cols["interactions"]
     uid = _id_expr(con, inter_files, local.user_col, ci[local.user_col])
     iid = _id_expr(con, inter_files, local.item_col, ci[local.item_col])
@@ -243,8 +247,9 @@ def text_filled(src: Source) -> dict[str, int]:
     return dict(zip(cols, (int(v) for v in src.con.execute(f"SELECT {exprs} FROM items").fetchone()), strict=True))
 
 
-def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
-    con.execute(f"COPY ({sql}) TO {_lit(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> int:
+    """Write the query's rows to a parquet file; returns how many."""
+    return con.execute(f"COPY ({sql}) TO {_lit(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})").fetchone()[0]
 
 
 def write_canonical(src: Source, out: Path) -> dict[str, Any]:
@@ -262,10 +267,10 @@ def write_canonical(src: Source, out: Path) -> dict[str, Any]:
     _copy(con, f"SELECT m.item_id, i.item_id AS source_id, coalesce(i.text, '') AS text{keep} FROM items i "
                "JOIN item_map m ON i.item_id = m.source_id ORDER BY m.item_id", out / "items.parquet")
     extra = "".join(f", i.{q(c)}" for c in src.inter_extras)
-    _copy(con, "SELECT u.user_id, m.item_id, i.timestamp, CAST(row_number() OVER (PARTITION BY u.user_id ORDER BY "
-               f"i.timestamp, i._ord) - 1 AS BIGINT) AS position{extra} FROM inter i "
-               "JOIN user_map u ON i.user_id = u.source_id JOIN item_map m ON i.item_id = m.source_id "
-               "ORDER BY u.user_id, i.timestamp, i._ord", out / "interactions.parquet")
+    n_inter = _copy(con, "SELECT u.user_id, m.item_id, i.timestamp, CAST(row_number() OVER (PARTITION BY "
+                         f"u.user_id ORDER BY i.timestamp, i._ord) - 1 AS BIGINT) AS position{extra} FROM inter i "
+                         "JOIN user_map u ON i.user_id = u.source_id JOIN item_map m ON i.item_id = m.source_id "
+                         "ORDER BY u.user_id, i.timestamp, i._ord", out / "interactions.parquet")
     if src.users is not None:
         umap = con.execute("SELECT * FROM user_map").df()
         lookup = pd.Series(umap["user_id"].to_numpy(), index=umap["source_id"].astype(str))
@@ -274,7 +279,6 @@ def write_canonical(src: Source, out: Path) -> dict[str, Any]:
         users = users.dropna(subset=["user_id"]).astype({"user_id": "int64"}).sort_values("user_id")
         users.to_parquet(out / "users.parquet", index=False)
     n_users, n_items = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("user_map", "item_map"))
-    n_inter, empty = con.execute("SELECT (SELECT count(*) FROM inter), (SELECT count(*) FILTER "
-                                 "(coalesce(length(text), 0) = 0) FROM items)").fetchone()
+    empty = con.execute("SELECT count(*) FILTER (coalesce(length(text), 0) = 0) FROM items").fetchone()[0]
     return {"users": int(n_users), "items": int(n_items), "interactions": int(n_inter),
             "text_coverage": float((n_items - empty) / n_items) if n_items else 0.0}
