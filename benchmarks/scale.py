@@ -174,7 +174,42 @@ def semid_bin() -> str:
 
 
 def record_key(r: dict) -> tuple:
-    return (r["size"], r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []))
+    return (r["size"], r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []),
+            bool(r.get("seeded_vectors")))
+
+
+def seed_cache(synth: Path, items_parquet: Path, cache: Path, block: int = 100_000) -> int:
+    """--vectors: put synthetic.py's vectors.npy into the run's embedding cache under each synthetic item's
+    pipeline text (the processed items table's `text`), block by block, so `semid embed` serves every item from
+    the cache. A synthetic item's source_id is its synthetic item_id, i<row> (benchmarks/synthetic.py); returns
+    the number of vectors written."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from semid.tasks.embed import EmbeddingCache, text_sha
+
+    table = pq.read_table(items_parquet, columns=["source_id", "text"])
+    rows = np.array([int(s[1:]) for s in table.column("source_id").to_pylist()], dtype=np.int64)
+    keys = [text_sha(t or "") for t in table.column("text").to_pylist()]
+    vectors = np.load(synth / "vectors.npy", mmap_mode="r")
+    if rows.max() >= len(vectors):
+        raise SystemExit(f"{synth / 'vectors.npy'} has {len(vectors)} rows; the items need {rows.max() + 1}")
+    cache_db = EmbeddingCache(cache)
+    for lo in range(0, len(rows), block):
+        cache_db.add(keys[lo:lo + block], np.asarray(vectors[rows[lo:lo + block]]))
+    return len(rows)
+
+
+def quality(root: Path, dataset: str, stage: str) -> dict | None:
+    """The quantizer's numbers a stage wrote: quantize.json (fit time, duplicate rates) or diagnostics.json
+    (K_eff per level, duplicate rate before collision resolution)."""
+    folder = root / "semantic" / dataset
+    if stage == "quantize" and (folder / "quantize.json").exists():
+        q = json.loads((folder / "quantize.json").read_text())
+        return {k: q.get(k) for k in ("method", "fit_seconds", "pre_duplicate_rate", "final_duplicate_rate")}
+    if stage == "diagnose" and (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    return None
 
 
 def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list[dict]:
@@ -188,9 +223,10 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     sets = [f"data.root={work / 'data'}", f"embed.cache_dir={work / 'cache'}", f"embed.backend={args.backend}",
             f"embed.onnx_dir={onnx_dir}", *args.set]
     records, synthetic = [], SIZES[size] is not None
+    seeded = bool(args.vectors and synthetic)
     base = {"size": size, "synthetic": synthetic, "backend": args.backend, "task_runner": args.task_runner,
             "overrides": list(args.set), "command": meta["command"], "git_sha": meta["git_sha"],
-            "date": meta["date"]}
+            "date": meta["date"], "seeded_vectors": seeded}
 
     def stage(name: str, cmd: list[str], items: int | None) -> dict:
         with open(log, "a") as fh:
@@ -213,7 +249,8 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         dataset = f"synthetic-{n_items}"
         synth = work / "synth"
         stage("generate", [sys.executable, str(REPO / "benchmarks" / "synthetic.py"), "--items", str(n_items),
-                           "--interactions", str(n_inter), "--out", str(synth), "--seed", "0"], n_items)
+                           "--interactions", str(n_inter), "--out", str(synth), "--seed", "0",
+                           *(["--vectors"] if seeded else [])], n_items)
         local = json.loads((synth / "manifest.json").read_text())["pipeline_config"]["data"]["local"]
         sets = [f"data.dataset={dataset}", f"data.local={json.dumps(local)}", *sets]
         nominal = n_items
@@ -236,6 +273,15 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         stage("fetch", [semid, "data", "fetch", dataset, *flags], nominal)
         stage("validate", [semid, "data", "validate", dataset, *flags], nominal)
         n = processed_items(work / "data", dataset) or nominal
+        if seeded:
+            t0 = time.perf_counter()
+            from semid.tasks.config import load_config
+            from semid.tasks.embed import cache_folder
+
+            written = seed_cache(synth, work / "data" / "processed" / dataset / "items.parquet",
+                                 cache_folder(load_config(None, [s for s in sets if not s.startswith("data.local")])))
+            print(f"[{size}] seeded the embedding cache with {written:,} SYNTHETIC vectors in "
+                  f"{time.perf_counter() - t0:.1f} s (not a pipeline stage)", flush=True)
         stage("embed", [semid, "embed", dataset, *flags], n)
     emb = json.loads((work / "data" / "features" / dataset / "manifest.json").read_text()) \
         if (work / "data" / "features" / dataset / "manifest.json").exists() else {}
@@ -243,9 +289,11 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         if r["stage"] == "embed":
             r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
     if args.until in ("quantize", "diagnose"):
-        stage("quantize", [semid, "quantize", dataset, *flags], n)
+        stage("quantize", [semid, "quantize", dataset, *flags], n)["quality"] = quality(work / "data", dataset,
+                                                                                         "quantize")
     if args.until == "diagnose":
-        stage("diagnose", [semid, "diagnose", dataset, *flags], n)
+        stage("diagnose", [semid, "diagnose", dataset, *flags], n)["quality"] = quality(work / "data", dataset,
+                                                                                         "diagnose")
     for r in records:
         r["items_after_validate"] = n
     if not args.keep:
@@ -287,20 +335,49 @@ def add_slopes(records: list[dict]) -> list[dict]:
     """Per stage, task runner, backend and overrides: slope between consecutive sizes (by item count)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or [])),
-                          []).append(r)
+        groups.setdefault((r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []),
+                           bool(r.get("seeded_vectors"))), []).append(r)
     rows = []
-    for (stage, runner, backend, ov), rs in groups.items():
+    for (stage, runner, backend, ov, seeded), rs in groups.items():
         rs = sorted(rs, key=lambda r: (r["items"] or 0, r.get("interactions") or 0))
         for a, b in zip(rs, rs[1:], strict=False):
             by = "items" if a["items"] != b["items"] else "interactions"  # 1m -> 100m: same items, 10x the events
             n1, n2 = a.get(by), b.get(by)
             rows.append({"stage": stage, "task_runner": runner, "backend": backend, "overrides": list(ov),
-                         "from": a["size"], "to": b["size"], "by": by, "n1": n1, "n2": n2,
+                         "seeded_vectors": seeded, "from": a["size"], "to": b["size"], "by": by, "n1": n1, "n2": n2,
                          "wall_slope": slope(n1, a["wall_s"], n2, b["wall_s"]) if n1 and n2 else None,
                          "cpu_slope": slope(n1, a["cpu_s"], n2, b["cpu_s"]) if n1 and n2 else None,
                          "anon_slope": slope(n1, a["peak_anon_mb"], n2, b["peak_anon_mb"]) if n1 and n2 else None})
     return rows
+
+
+def data_label(r: dict) -> str:
+    if not r["synthetic"]:
+        return "real"
+    return "SYNTHETIC, seeded vectors" if r.get("seeded_vectors") else "SYNTHETIC"
+
+
+def quality_lines(records: list[dict]) -> list[str]:
+    """The quantizer's numbers per run: fit time and duplicate rates (quantize), K_eff per level (diagnose)."""
+    runs: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("quality"):
+            key = (r["size"], data_label(r), r["backend"], " ".join(r.get("overrides") or []) or "-")
+            runs.setdefault(key, {"items": r["items"]}).update(r["quality"])
+    if not runs:
+        return []
+    lines = ["", "## The quantizer at each size", "",
+             "From the run's quantize.json and diagnose summary.json. dup before = items sharing their full code "
+             "before collision resolution; after = after it (0 when every item got a unique ID). K_eff per level: "
+             "the DRQ effective capacity (Monte-Carlo kernel) out of the level's codebook size.", "",
+             "| size | data | items | backend | overrides | method | fit s | dup before | dup after | K_eff l0 | "
+             "K_eff l1 | K_eff l2 |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (size, data, backend, ov), q in runs.items():
+        lines.append(f"| {size} | {data} | {fmt(q['items'])} | {backend} | {ov} | {q.get('method') or '-'} | "
+                     f"{fmt(q.get('fit_seconds'))} | {fmt(q.get('pre_duplicate_rate'), 4)} | "
+                     f"{fmt(q.get('final_duplicate_rate'), 4)} | {fmt(q.get('K_eff_l0'))} | "
+                     f"{fmt(q.get('K_eff_l1'))} | {fmt(q.get('K_eff_l2'))} |")
+    return lines
 
 
 def report(records: list[dict], meta: dict) -> list[str]:
@@ -328,12 +405,13 @@ def report(records: list[dict], meta: dict) -> list[str]:
               "|---|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=key):
         enc = (r.get("embed_manifest") or {}).get("encoded")
-        lines.append(f"| {r['size']} | {'SYNTHETIC' if r['synthetic'] else 'real'} | {fmt(r['items'])} | "
+        lines.append(f"| {r['size']} | {data_label(r)} | {fmt(r['items'])} | "
                      f"{fmt(r.get('interactions'))} | "
                      f"{r.get('task_runner') or 'CLI'} | {r['backend']} | {' '.join(r.get('overrides') or []) or '-'}"
                      f" | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['items_per_s'])} | "
                      f"{fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | {r['processes']} | "
                      f"{fmt(enc) if enc is not None else '-'} |")
+    lines += quality_lines(records)
     slopes = [s for s in add_slopes(records) if s["stage"] != "generate"]
     lines += ["", "## Log-log slopes between consecutive sizes", "",
               "slope = log(t2/t1) / log(n2/n1) over the item counts after validation (over the interaction counts "
@@ -341,7 +419,8 @@ def report(records: list[dict], meta: dict) -> list[str]:
               "| stage | runner | backend | overrides | sizes | by | wall slope | CPU slope | peak anon slope |",
               "|---|---|---|---|---|---|---:|---:|---:|"]
     for s in sorted(slopes, key=lambda s: (order.get(s["stage"], 99), s["task_runner"] or "")):
-        lines.append(f"| {s['stage']} | {s['task_runner'] or 'CLI'} | {s['backend']} | "
+        lines.append(f"| {s['stage']}{' (seeded vectors)' if s.get('seeded_vectors') else ''} | "
+                     f"{s['task_runner'] or 'CLI'} | {s['backend']} | "
                      f"{' '.join(s['overrides']) or '-'} | {s['from']} -> {s['to']} | {s.get('by', 'items')} | "
                      f"{fmt(s['wall_slope'], 2)} | "
                      f"{fmt(s['cpu_slope'], 2)} | {fmt(s['anon_slope'], 2)} |")
@@ -374,8 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")
+    ap.add_argument("--vectors", action="store_true",
+                    help="synthetic sizes: SYNTHETIC item vectors (real item embeddings + noise at the nearest-"
+                         "neighbour scale, synthetic.py --vectors) seeded into the run's embedding cache: embed "
+                         "only joins the cache, quantize and diagnose measure the quantizer at that size without "
+                         "the embedding pass (needs --backend torch: the real vectors are the torch encoder's)")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args(argv)
+    if args.vectors and (args.backend != "torch" or args.task_runner or args.until in ("validate", "embed")):
+        ap.error("--vectors needs --backend torch (the seeded vectors come from the torch encoder), no "
+                 "--task-runner, and --until quantize or diagnose")
 
     sys.path.insert(0, str(REPO))
     from benchmarks.quantizers import machine, write_report
