@@ -200,6 +200,13 @@ def seed_cache(synth: Path, items_parquet: Path, cache: Path, block: int = 100_0
     return len(rows)
 
 
+def run_summary(root: Path, dataset: str) -> dict | None:
+    """`semid run`'s summary (data/runs/NAME.json): each step's state and seconds, the gates, the recommender's
+    metrics."""
+    path = root / "runs" / f"{dataset}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def quality(root: Path, dataset: str, stage: str) -> dict | None:
     """The quantizer's numbers a stage wrote: quantize.json (fit time, duplicate rates) or diagnostics.json
     (K_eff per level, duplicate rate before collision resolution)."""
@@ -228,7 +235,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
             "overrides": list(args.set), "command": meta["command"], "git_sha": meta["git_sha"],
             "date": meta["date"], "seeded_vectors": seeded}
 
-    def stage(name: str, cmd: list[str], items: int | None) -> dict:
+    def stage(name: str, cmd: list[str], items: int | None, check: bool = True) -> dict:
         with open(log, "a") as fh:
             fh.write(f"\n$ {shlex.join(cmd)}\n")
         print(f"[{size}] {name}: {shlex.join(cmd)[:200]}", flush=True)
@@ -238,7 +245,9 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         print(f"[{size}] {name}: rc {m['rc']} wall {m['wall_s']}s cpu {m['cpu_s']}s "
               f"anon {m['peak_anon_mb']} MB hwm {m['hwm_sum_mb']} MB", flush=True)
         records.append(rec)
-        if m["rc"] != 0:
+        if m["rc"] != 0 and not check:  # recorded with the reason; the caller decides
+            rec["log_tail"] = log.read_text().splitlines()[-15:]
+        elif m["rc"] != 0:
             tail = log.read_text().splitlines()[-30:]
             raise SystemExit(f"[{size}] {name} failed (rc {m['rc']}); log {log}:\n" + "\n".join(tail))
         return rec
@@ -282,7 +291,15 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
                                  cache_folder(load_config(None, [s for s in sets if not s.startswith("data.local")])))
             print(f"[{size}] seeded the embedding cache with {written:,} SYNTHETIC vectors in "
                   f"{time.perf_counter() - t0:.1f} s (not a pipeline stage)", flush=True)
-        stage("embed", [semid, "embed", dataset, *flags], n)
+        if args.until == "run":
+            run_flags = [*flags, "--set", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}"]
+            env["PREFECT_HOME"] = str(work / "prefect")
+            rec = stage("run", [semid, "run", *run_flags], n, check=False)
+            rec["summary"] = run_summary(work / "data", dataset)  # None unless the flow finished (gates passed)
+            rec["quality"] = {**(quality(work / "data", dataset, "quantize") or {}),
+                              **(quality(work / "data", dataset, "diagnose") or {})}
+        else:
+            stage("embed", [semid, "embed", dataset, *flags], n)
     emb = json.loads((work / "data" / "features" / dataset / "manifest.json").read_text()) \
         if (work / "data" / "features" / dataset / "manifest.json").exists() else {}
     for r in records:
@@ -380,6 +397,38 @@ def quality_lines(records: list[dict]) -> list[str]:
     return lines
 
 
+def run_lines(records: list[dict]) -> list[str]:
+    """The `--until run` records: the whole flow's wall / CPU / peak, then its steps' seconds and the recommender's
+    test metrics (full ranking) from the run summary."""
+    runs = [r for r in records if r["stage"] == "run"]
+    if not runs:
+        return []
+    lines = ["", "## End to end: one `semid run` (ingest -> validate -> embed -> quantize -> diagnose -> gate -> "
+             "register -> recommender trained, evaluated, gated, promoted)", ""]
+    for r in runs:
+        summ = r.get("summary") or {}
+        lines += [f"**{r['size']}** ({data_label(r)}, {fmt(r['items'])} items, {fmt(r.get('interactions'))} "
+                  f"interactions; {' '.join(r.get('overrides') or []) or 'defaults'}): rc {r['rc']}, wall "
+                  f"{fmt(r['wall_s'])} s, CPU {fmt(r['cpu_s'])} s, peak anon {fmt(r['peak_anon_mb'])} MB "
+                  f"(VmHWM sum {fmt(r['hwm_sum_mb'])} MB), {r['processes']} processes.", ""]
+        if not summ:
+            lines += ["The flow did not finish; the log's last lines:", "", "```", *(r.get("log_tail") or []),
+                      "```", ""]
+            continue
+        lines += ["| step | state | seconds |", "|---|---|---:|"]
+        for step, secs in (summ.get("seconds") or {}).items():
+            lines.append(f"| {step} | {(summ.get('steps') or {}).get(step, '-')} | {fmt(float(secs))} |")
+        metrics = (summ.get("recommender") or {}).get("metrics") or {}
+        keys = [k for k in sorted(metrics) if k.startswith(("test_full", "baseline_test_full")) and
+                k.endswith("@10")] + \
+               [k for k in ("epochs", "best_epoch", "seconds_per_epoch", "eval_users") if k in metrics]
+        if keys:
+            lines += ["", "| recommender metric | value |", "|---|---:|"]
+            lines += [f"| {k} | {fmt(float(metrics[k]), 4)} |" for k in keys]
+        lines.append("")
+    return lines
+
+
 def report(records: list[dict], meta: dict) -> list[str]:
     order = {s: i for i, s in enumerate([*STAGES[:2], "fetch+validate", *STAGES[2:]])}
     lines = ["# Scale: the data stages from 10k to 100k+ items", "",
@@ -411,7 +460,7 @@ def report(records: list[dict], meta: dict) -> list[str]:
                      f" | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['items_per_s'])} | "
                      f"{fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | {r['processes']} | "
                      f"{fmt(enc) if enc is not None else '-'} |")
-    lines += quality_lines(records)
+    lines += quality_lines(records) + run_lines(records)
     slopes = [s for s in add_slopes(records) if s["stage"] != "generate"]
     lines += ["", "## Log-log slopes between consecutive sizes", "",
               "slope = log(t2/t1) / log(n2/n1) over the item counts after validation (over the interaction counts "
@@ -448,8 +497,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task-runner", default=None, choices=["local", "dask"],
                     help="embed through the flow (semid prepare --until embed) with this flow.task_runner")
     ap.add_argument("--set", action="append", default=[], help="pipeline override, e.g. quantizer.method=rqkmeans")
-    ap.add_argument("--until", default="diagnose", choices=["validate", "embed", "quantize", "diagnose"],
-                    help="last stage measured (embed: e.g. only the task-runner comparison; validate: ingest only)")
+    ap.add_argument("--until", default="diagnose", choices=["validate", "embed", "quantize", "diagnose", "run"],
+                    help="last stage measured (embed: e.g. only the task-runner comparison; validate: ingest only; "
+                         "run: after fetch + validate, the whole retrain flow as one `semid run` - ingest ... "
+                         "register, recommender trained and evaluated - with its per-step seconds)")
     ap.add_argument("--out", default="scale", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/semid-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch data (default: deleted)")
