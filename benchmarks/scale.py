@@ -305,12 +305,9 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     for r in records:
         if r["stage"] == "embed":
             r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
-    if args.until in ("quantize", "diagnose"):
-        stage("quantize", [semid, "quantize", dataset, *flags], n)["quality"] = quality(work / "data", dataset,
-                                                                                         "quantize")
-    if args.until == "diagnose":
-        stage("diagnose", [semid, "diagnose", dataset, *flags], n)["quality"] = quality(work / "data", dataset,
-                                                                                         "diagnose")
+    for name in ("quantize", "diagnose")[:{"quantize": 1, "diagnose": 2}.get(args.until, 0)]:
+        rec = stage(name, [semid, name, dataset, *flags], n)
+        rec["quality"] = quality(work / "data", dataset, name)  # what the stage just wrote
     for r in records:
         r["items_after_validate"] = n
     if not args.keep:
