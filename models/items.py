@@ -81,3 +81,17 @@ class ItemTable(nn.Module):
             parts.append(self.ids.weight * self.id_scale)
         table = torch.cat(parts, dim=1)
         return torch.cat([table.new_zeros(1, table.shape[1]), table], dim=0), aux
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows `index` (item indices, 0 = padding) of the table forward() builds, computed for those items only:
+        what a sampled-softmax batch touches, instead of the whole [N + 1, d] table (at 1M items the table and its
+        gradient are built and freed on every batch). Needs fixed codes: a joint RQ-VAE builds the whole table."""
+        if self.joint is not None:
+            raise ValueError("rows() needs fixed codes; with a joint RQ-VAE use forward() (the whole table)")
+        item = (index - 1).clamp(min=0)
+        parts = []
+        if self.repr != "id":
+            parts.append(sum(emb(self.codes[item, level]) for level, emb in enumerate(self.levels)))
+        if self.ids is not None:
+            parts.append(self.ids(item) * self.id_scale)
+        return torch.cat(parts, dim=1) * (index > 0).unsqueeze(1)

@@ -52,6 +52,10 @@ class SequentialRecommender(nn.Module):
              generator: torch.Generator | None = None, sampler: NegativeSampler | None = None) -> torch.Tensor:
         """Next-item loss over every real position. kind: 'ce' (full softmax), 'bce' (1 sampled negative) or
         'sampled' (softmax over the target and the sampler's shared negatives: no B x T x N logits)."""
+        if kind == "sampled":
+            if sampler is None:
+                raise ValueError("loss 'sampled' needs a NegativeSampler")
+            return self._sampled_loss(seq, target, sampler, generator)
         table, aux = self.items()
         h = self.encode(seq, table)
         valid = target > 0
@@ -59,10 +63,6 @@ class SequentialRecommender(nn.Module):
         if kind == "ce":
             logits = hv @ table[1:].T
             return F.cross_entropy(logits, tv - 1) + aux
-        if kind == "sampled":
-            if sampler is None:
-                raise ValueError("loss 'sampled' needs a NegativeSampler")
-            return sampler.loss(hv, tv, table, generator) + aux
         if kind != "bce":
             raise ValueError(f"loss must be 'ce', 'bce' or 'sampled', got {kind!r}")
         n = self.items.n_items
@@ -73,6 +73,26 @@ class SequentialRecommender(nn.Module):
         neg_logit = (hv * table[neg]).sum(-1)
         return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
                 + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))) + aux
+
+    def _sampled_loss(self, seq: torch.Tensor, target: torch.Tensor, sampler: NegativeSampler,
+                      generator: torch.Generator | None) -> torch.Tensor:
+        """Sampled softmax on the rows the batch touches (its sequences, targets and negatives, renumbered
+        0..U-1 with padding kept at 0), so a step costs O(batch) whatever the catalogue size; the same loss as
+        on the whole table. A joint RQ-VAE needs every item's encoder pass: the whole table."""
+        neg = sampler.draw(generator)
+        if self.items.joint is not None:
+            table, aux = self.items()
+            local_seq, local_target, local_neg = seq, target, neg
+        else:
+            used, local = torch.unique(torch.cat([seq.new_zeros(1), seq.flatten(), target.flatten(), neg]),
+                                       return_inverse=True)
+            table, aux = self.items.rows(used), torch.zeros(())
+            local_seq = local[1:1 + seq.numel()].view_as(seq)
+            local_target = local[1 + seq.numel():1 + seq.numel() + target.numel()].view_as(target)
+            local_neg = local[1 + seq.numel() + target.numel():]
+        h = self.encode(local_seq, table)
+        valid = target > 0
+        return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table[local_neg]) + aux
 
     @torch.no_grad()
     def score(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,11 +122,16 @@ class NegativeSampler:
             q = q + 1
         return cls(q, p.train_negatives, p.logq)
 
-    def loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        neg = torch.multinomial(self.q, self.k, replacement=True, generator=generator) + 1  # item ids
-        pos = (h * table[target]).sum(-1, keepdim=True)
-        negs = h @ table[neg].T
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The batch's K shared negatives (item ids, 1-based), drawn from q with replacement."""
+        return torch.multinomial(self.q, self.k, replacement=True, generator=generator) + 1
+
+    def loss(self, h: torch.Tensor, target: torch.Tensor, neg: torch.Tensor, target_vecs: torch.Tensor,
+             neg_vecs: torch.Tensor) -> torch.Tensor:
+        """Softmax over each position's target and the shared negatives; h [P, d], target [P] item ids with
+        target_vecs [P, d] their vectors, neg [K] item ids with neg_vecs [K, d]."""
+        pos = (h * target_vecs).sum(-1, keepdim=True)
+        negs = h @ neg_vecs.T
         if self.logq:
             pos = pos - torch.log(self.k * self.q[target - 1])[:, None]
             negs = negs - torch.log(self.k * self.q[neg - 1])[None, :]

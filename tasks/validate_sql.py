@@ -139,6 +139,14 @@ def _ts_expr(con: duckdb.DuckDBPyConnection, files: list[Path], col: str, kind: 
     return f"CAST({missing} AS {'BIGINT' if ints is not False else 'DOUBLE'})"
 
 
+def _scan(files: list[Path]) -> str:
+    """The tail of a SELECT over parquet files read in place: each row's source order `_ord` (file index << 40 +
+    row number in its file) and its file `_batch`, then the FROM clause (alias r for the file's columns)."""
+    return ("(CAST(f.idx AS BIGINT) << 40) + r.file_row_number AS _ord, r.filename AS _batch "
+            f"FROM read_parquet({_files(files)}, filename = true, file_row_number = true, union_by_name = true) r "
+            f"JOIN {_file_index(files)} f ON r.filename = f.path")
+
+
 def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item_files: list[Path],
                    local: LocalSource) -> Source:
     """Views over the snapshot's parquet files, read in place. Source order = file order, then row order; the
@@ -151,10 +159,7 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
     ts = _ts_expr(con, inter_files, local.timestamp_col, ci[local.timestamp_col]) if local.timestamp_col else None
     con.execute(
         f"CREATE VIEW inter_raw AS SELECT {uid} AS user_id, {iid} AS item_id"
-        f"{f', {ts} AS timestamp' if ts else ''}, (CAST(f.idx AS BIGINT) << 40) + r.file_row_number AS _ord, "
-        "r.filename AS _batch "
-        f"FROM read_parquet({_files(inter_files)}, filename = true, file_row_number = true, union_by_name = true) r "
-        f"JOIN {_file_index(inter_files)} f ON r.filename = f.path")
+        f"{f', {ts} AS timestamp' if ts else ''}, {_scan(inter_files)}")
     if ts:
         con.execute("CREATE VIEW inter AS SELECT * FROM inter_raw")
     else:  # the file order is the time
@@ -167,9 +172,7 @@ def parquet_source(con: duckdb.DuckDBPyConnection, inter_files: list[Path], item
     item_id = _id_expr(con, item_files, local.item_col, cols["items"][local.item_col])
     con.execute(
         f"CREATE VIEW items AS SELECT {item_id} AS item_id, concat_ws(';', {parts}) AS text{keep}, "
-        f"(CAST(f.idx AS BIGINT) << 40) + r.file_row_number AS _ord "
-        f"FROM read_parquet({_files(item_files)}, filename = true, file_row_number = true, union_by_name = true) r "
-        f"JOIN {_file_index(item_files)} f ON r.filename = f.path")
+        f"{_scan(item_files)}")
     user_order = "struct_pack(t := timestamp, o := _ord)" if ts else "_ord"
     return Source(con, [], item_extras, list(local.text_cols), user_order)
 

@@ -252,7 +252,9 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
     sampler = NegativeSampler(q, 3, logq=True)
     gen = torch.Generator().manual_seed(0)
     neg = torch.multinomial(q, 3, replacement=True, generator=torch.Generator().manual_seed(0)) + 1
-    got = sampler.loss(h, target, table, gen)
+    drawn = sampler.draw(gen)
+    assert torch.equal(drawn, neg)
+    got = sampler.loss(h, target, drawn, table[target], table[drawn])
     expected = []
     for i in range(2):
         pos = float(h[i] @ table[target[i]]) - np.log(3 * float(q[target[i] - 1]))
@@ -260,10 +262,52 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
         logits = np.array([pos, *negs])
         expected.append(-pos + np.log(np.exp(logits).sum()))
     assert abs(float(got) - float(np.mean(expected))) < 1e-5
-    plain = NegativeSampler(q, 3, logq=False).loss(h, target, table, torch.Generator().manual_seed(0))
+    plain = NegativeSampler(q, 3, logq=False).loss(h, target, drawn, table[target], table[drawn])
     assert abs(float(plain) - float(got)) > 1e-3  # the correction changes the loss under a non-uniform q
     with pytest.raises(ValueError, match="distribution"):
         NegativeSampler(torch.tensor([0.5, float("nan")]), 3)
+
+
+@pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
+def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr):
+    """The sampled softmax builds only the rows its batch touches, renumbered with padding kept at 0; loss and
+    every gradient equal those computed on the whole table, for a padded batch and for one without padding (where
+    no item may take the padding's place)."""
+    from semid.models.seqrec import NegativeSampler
+
+    class Codebook:
+        levels = 2
+        codebooks = [torch.randn(6, 8, generator=torch.Generator().manual_seed(1)),
+                     torch.randn(6, 8, generator=torch.Generator().manual_seed(2))]
+
+    rng = np.random.default_rng(0)
+    codes = np.stack([np.arange(40) % 6, rng.integers(0, 6, 40)], 1)
+    rc = RecommendParams(item_repr=item_repr, id_dim=8, unified_id_dim=8, unified_id_scale=4.0, max_len=6, layers=1,
+                         heads=2, loss="sampled", train_negatives=7)
+    torch.manual_seed(0)
+    model = build_recommender(40, rc, codes, Codebook()).eval()  # no dropout: both paths see the same network
+    sampler = NegativeSampler(torch.rand(40) + 0.1, 7)
+    index = torch.tensor([0, 3, 40, 3])
+    assert torch.equal(model.items.rows(index), model.items()[0][index])  # row 0 = padding = zeros
+    padded = torch.tensor([[3, 9, 0, 0, 0, 0], [5, 5, 12, 40, 1, 0]])
+    full = torch.tensor([[3, 9, 17, 22, 31, 2], [5, 5, 12, 40, 1, 7]])
+    for seq in (padded, full):
+        target = torch.where(seq > 0, (seq * 7) % 40 + 1, 0)
+        model.zero_grad()
+        got = model.loss(seq, target, "sampled", torch.Generator().manual_seed(3), sampler)
+        got.backward()
+        got_grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+        model.zero_grad()
+        neg = sampler.draw(torch.Generator().manual_seed(3))
+        table, _ = model.items()
+        h, valid = model.encode(seq, table), target > 0
+        ref = sampler.loss(h[valid], target[valid], neg, table[target[valid]], table[neg])
+        ref.backward()
+        assert abs(float(got) - float(ref)) < 1e-5
+        ref_grads = {k: v.grad for k, v in model.named_parameters() if v.grad is not None}
+        assert got_grads.keys() == ref_grads.keys() and got_grads
+        for k, g in ref_grads.items():
+            assert torch.allclose(got_grads[k], g, atol=1e-6), k
 
 
 def test_evaluation_on_a_seeded_user_sample_trains_on_everyone():
