@@ -228,6 +228,7 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
     snap = run(ingest_task.with_options(retries=cfg.flow.retries))
     tags["data_hash"] = snap["dvc_hash"] or snap["raw_hash"]
     run.tracker = tracker = Tracker(cfg, f"retrain-{name}", tags)
+    summary: dict[str, Any] = {"dataset": name, "mode": cfg.flow.mode}
     try:
         run.log("ingest", "data", {})
         run(validate_task)
@@ -253,8 +254,8 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
         registered = run(register_codebook_task, tags=tags, parent=tracker.parent)
         codebook = run(gate_codebook_task, registered=registered, diag=diag,
                        extended=champion is not None and not refit, tags=tags, parent=tracker.parent)
-        summary = {"dataset": name, "mode": cfg.flow.mode, "steps": run.states, "codebook": {**codebook,
-                   "refit_reason": refit}, "diagnostics": diag, "mlflow_run_id": tracker.parent, "recommender": None}
+        summary.update({"steps": run.states, "codebook": {**codebook, "refit_reason": refit}, "diagnostics": diag,
+                        "mlflow_run_id": tracker.parent, "recommender": None})
         if not codebook["passed"]:
             raise run.fail(codebook["explanation"])
         if cfg.flow.train_recommender:  # the codebook waits as the challenger; the pair moves together or not
@@ -274,6 +275,11 @@ def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> 
         layout.write_run_summary(cfg, summary)
         tracker.end(tracker.parent, True)
         return summary
+    except GateFailed as err:  # the steps that ran, their seconds and numbers, and why nothing was promoted
+        layout.write_run_summary(cfg, {**summary, "steps": run.states, "seconds": dict(run.seconds),
+                                       "gate_failed": str(err)})
+        tracker.end(tracker.parent, False)
+        raise
     except BaseException:
         tracker.end(tracker.parent, False)
         raise

@@ -3,6 +3,7 @@ per-dataset champions, resume from cache, racing runs."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -91,6 +92,9 @@ def test_flow_promotes_then_worse_config_fails_gate(tmp_path, emb_cache):
     worse = sets + ["quantizer.levels=1", "quantizer.codebook_size=2", "quantizer.distances=[euclidean]"]
     with pytest.raises(GateFailed, match="duplicate_rate"):
         retrain(config=str(tmp_path / "none.yaml"), overrides=worse)
+    failed = json.loads((tmp_path / "data" / "runs" / "shop.json").read_text())  # the failed run is on record
+    assert "duplicate_rate" in failed["gate_failed"] and not failed["codebook"]["passed"]
+    assert failed["recommender"] is None and "recommend" not in failed["steps"] and failed["seconds"]["quantize"] > 0
     assert str(client.get_model_version_by_alias(CB, "champion").version) == "1"
     v2 = client.get_model_version(CB, "2")
     assert v2.tags["gate"] == "failed" and "duplicate_rate" in v2.tags["gate_reasons"]
@@ -117,6 +121,9 @@ def test_a_failing_recommender_leaves_both_champions_unchanged(tmp_path, emb_cac
     assert v2.tags["gate"] == "passed" and v2.tags["pair"].startswith("rejected") and "champion" not in v2.aliases
     assert not client.get_registered_model(CB).aliases.get("challenger")
     assert client.get_model_version(REC, "2").tags["gate"] == "failed"
+    failed = json.loads((tmp_path / "data" / "runs" / "shop.json").read_text())
+    assert "ndcg@10_vs_champion" in failed["gate_failed"] and failed["recommender"]["metrics"]["epochs"] == 1
+    assert failed["steps"]["recommend"] == "Completed" and failed["seconds"]["recommend"] > 0
 
 
 def test_datasets_are_gated_against_their_own_champions(tmp_path, emb_cache):
