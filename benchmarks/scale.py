@@ -208,7 +208,7 @@ def run_summary(root: Path, dataset: str) -> dict | None:
 
 
 def quality(root: Path, dataset: str, stage: str) -> dict | None:
-    """The quantizer's numbers a stage wrote: quantize.json (fit time, duplicate rates) or diagnostics.json
+    """The quantizer's numbers a stage wrote: quantize.json (fit time, duplicate rates) or diagnose's summary.json
     (K_eff per level, duplicate rate before collision resolution)."""
     folder = root / "semantic" / dataset
     if stage == "quantize" and (folder / "quantize.json").exists():
@@ -288,7 +288,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
             from semid.tasks.embed import cache_folder
 
             written = seed_cache(synth, work / "data" / "processed" / dataset / "items.parquet",
-                                 cache_folder(load_config(None, [s for s in sets if not s.startswith("data.local")])))
+                                 cache_folder(load_config(None, sets)))
             print(f"[{size}] seeded the embedding cache with {written:,} SYNTHETIC vectors in "
                   f"{time.perf_counter() - t0:.1f} s (not a pipeline stage)", flush=True)
         if args.until == "run":
@@ -305,7 +305,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     for r in records:
         if r["stage"] == "embed":
             r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
-    for name in ("quantize", "diagnose")[:{"quantize": 1, "diagnose": 2}.get(args.until, 0)]:
+    for name in {"quantize": ["quantize"], "diagnose": ["quantize", "diagnose"]}.get(args.until, []):
         rec = stage(name, [semid, name, dataset, *flags], n)
         rec["quality"] = quality(work / "data", dataset, name)  # what the stage just wrote
     for r in records:
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.vectors and (args.backend != "torch" or args.task_runner or args.until in ("validate", "embed")):
         ap.error("--vectors needs --backend torch (the seeded vectors come from the torch encoder), no "
-                 "--task-runner, and --until quantize or diagnose")
+                 "--task-runner, and --until quantize, diagnose or run")
 
     sys.path.insert(0, str(REPO))
     from benchmarks.quantizers import machine, write_report

@@ -70,16 +70,10 @@ class ItemTable(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(table [N + 1, d], auxiliary loss from the joint RQ-VAE or 0)."""
-        parts, aux = [], torch.zeros(())
-        if self.repr != "id":
-            if self.joint is not None:
-                sem, _, aux = self.joint()
-            else:
-                sem = sum(emb(self.codes[:, level]) for level, emb in enumerate(self.levels))
-            parts.append(sem)
-        if self.ids is not None:
-            parts.append(self.ids.weight * self.id_scale)
-        table = torch.cat(parts, dim=1)
+        if self.joint is None:
+            return self.rows(torch.arange(self.n_items + 1)), torch.zeros(())
+        sem, _, aux = self.joint()
+        table = torch.cat([sem, *([self.ids.weight * self.id_scale] if self.ids is not None else [])], dim=1)
         return torch.cat([table.new_zeros(1, table.shape[1]), table], dim=0), aux
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:

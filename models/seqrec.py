@@ -87,9 +87,8 @@ class SequentialRecommender(nn.Module):
             used, local = torch.unique(torch.cat([seq.new_zeros(1), seq.flatten(), target.flatten(), neg]),
                                        return_inverse=True)
             table, aux = self.items.rows(used), torch.zeros(())
-            local_seq = local[1:1 + seq.numel()].view_as(seq)
-            local_target = local[1 + seq.numel():1 + seq.numel() + target.numel()].view_as(target)
-            local_neg = local[1 + seq.numel() + target.numel():]
+            local_seq, local_target, local_neg = local[1:].split([seq.numel(), target.numel(), neg.numel()])
+            local_seq, local_target = local_seq.view_as(seq), local_target.view_as(target)
         h = self.encode(local_seq, table)
         valid = target > 0
         return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table[local_neg]) + aux
