@@ -200,17 +200,21 @@ def seed_cache(synth: Path, items_parquet: Path, cache: Path, block: int = 100_0
     return len(rows)
 
 
-def run_summary(root: Path, dataset: str) -> dict | None:
+def run_summary(cfg, dataset: str) -> dict | None:
     """`semid run`'s summary (data/runs/NAME.json): each step's state and seconds, the gates, the recommender's
     metrics."""
-    path = root / "runs" / f"{dataset}.json"
+    from semid.tasks import layout
+
+    path = layout.run_summary(cfg, dataset)
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def quality(root: Path, dataset: str, stage: str) -> dict | None:
+def quality(cfg, dataset: str, stage: str) -> dict | None:
     """The quantizer's numbers a stage wrote: quantize.json (fit time, duplicate rates) or diagnose's summary.json
     (K_eff per level, duplicate rate before collision resolution)."""
-    folder = root / "semantic" / dataset
+    from semid.tasks import layout
+
+    folder = layout.semantic_dir(cfg, dataset)
     if stage == "quantize" and (folder / "quantize.json").exists():
         q = json.loads((folder / "quantize.json").read_text())
         return {k: q.get(k) for k in ("method", "fit_seconds", "pre_duplicate_rate", "final_duplicate_rate")}
@@ -268,46 +272,48 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
         sets = [f"data.dataset={dataset}", *sets]
         nominal = 12_101
     flags = [a for s in sets for a in ("--set", s)]
+    from semid.tasks import layout
+    from semid.tasks.config import load_config
+
+    cfg = load_config(None, sets)  # the paths the stages write to (data.root is this size's scratch)
     semid = semid_bin()
     if args.until == "validate":
         stage("fetch", [semid, "data", "fetch", dataset, *flags], nominal)
         stage("validate", [semid, "data", "validate", dataset, *flags], nominal)
-        n = processed_items(work / "data", dataset) or nominal
+        n = processed_items(cfg, dataset) or nominal
     elif args.task_runner:
         runner = [*flags, "--set", f"flow.task_runner={args.task_runner}"]
         stage("fetch+validate", [semid, "prepare", dataset, "--until", "validate", *runner], nominal)
-        n = processed_items(work / "data", dataset) or nominal
+        n = processed_items(cfg, dataset) or nominal
         stage("embed", [semid, "prepare", dataset, "--until", "embed", *runner], n)
     else:
         stage("fetch", [semid, "data", "fetch", dataset, *flags], nominal)
         stage("validate", [semid, "data", "validate", dataset, *flags], nominal)
-        n = processed_items(work / "data", dataset) or nominal
+        n = processed_items(cfg, dataset) or nominal
         if seeded:
             t0 = time.perf_counter()
-            from semid.tasks.config import load_config
             from semid.tasks.embed import cache_folder
 
-            written = seed_cache(synth, work / "data" / "processed" / dataset / "items.parquet",
-                                 cache_folder(load_config(None, sets)))
+            written = seed_cache(synth, layout.processed_dir(cfg, dataset) / "items.parquet", cache_folder(cfg))
             print(f"[{size}] seeded the embedding cache with {written:,} SYNTHETIC vectors in "
                   f"{time.perf_counter() - t0:.1f} s (not a pipeline stage)", flush=True)
         if args.until == "run":
             run_flags = [*flags, "--set", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}"]
             env["PREFECT_HOME"] = str(work / "prefect")
             rec = stage("run", [semid, "run", *run_flags], n, check=False)
-            rec["summary"] = run_summary(work / "data", dataset)  # None unless the flow finished (gates passed)
-            rec["quality"] = {**(quality(work / "data", dataset, "quantize") or {}),
-                              **(quality(work / "data", dataset, "diagnose") or {})}
+            rec["summary"] = run_summary(cfg, dataset)  # None unless the flow finished (gates passed)
+            rec["quality"] = {**(quality(cfg, dataset, "quantize") or {}),
+                              **(quality(cfg, dataset, "diagnose") or {})}
         else:
             stage("embed", [semid, "embed", dataset, *flags], n)
-    emb = json.loads((work / "data" / "features" / dataset / "manifest.json").read_text()) \
-        if (work / "data" / "features" / dataset / "manifest.json").exists() else {}
+    manifest = layout.features_dir(cfg, dataset) / "manifest.json"
+    emb = json.loads(manifest.read_text()) if manifest.exists() else {}
     for r in records:
         if r["stage"] == "embed":
             r["embed_manifest"] = {k: emb.get(k) for k in ("items", "encoded", "cached", "encoder", "backend", "dim")}
     for name in {"quantize": ["quantize"], "diagnose": ["quantize", "diagnose"]}.get(args.until, []):
         rec = stage(name, [semid, name, dataset, *flags], n)
-        rec["quality"] = quality(work / "data", dataset, name)  # what the stage just wrote
+        rec["quality"] = quality(cfg, dataset, name)  # what the stage just wrote
     for r in records:
         r["items_after_validate"] = n
     if not args.keep:
@@ -315,12 +321,13 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     return records
 
 
-def processed_items(root: Path, dataset: str) -> int | None:
+def processed_items(cfg, dataset: str) -> int | None:
     """Items after validation (the processed items table), or None if it cannot be read."""
     import pyarrow.parquet as pq
 
-    folder = root / "processed" / dataset
-    for f in sorted(folder.glob("items*.parquet")):
+    from semid.tasks import layout
+
+    for f in sorted(layout.processed_dir(cfg, dataset).glob("items*.parquet")):
         return pq.ParquetFile(f).metadata.num_rows
     return None
 

@@ -276,6 +276,7 @@ class ValidationOutcome:
     failures: list[dict[str, Any]]
     result_json: dict[str, Any]
     docs_dir: Path | None
+    empty_texts: int | None = None  # duckdb engine: items with empty text, from the aggregate pass
 
 
 def _suites(spec_has_text: bool, cfg: Config, item_ids: list[str]) -> dict[str, list[Any]]:
@@ -457,7 +458,8 @@ def run_aggregate_checks(src: validate_sql.Source, cfg: Config, has_text: bool,
         failures.append({"table": rtable, "expectation": expectation, "column": rcolumn, "count": count,
                          "observed": observed, "examples": found, "fix": _fix(expectation, rcolumn)})
     json_results = {t: vr.to_json_dict() for t, vr in results.items()}
-    return ValidationOutcome(not failures, failures, json_results, docs_dir)
+    empty = int(aggs["item_totals"]["empty_texts"].iloc[0])
+    return ValidationOutcome(not failures, failures, json_results, docs_dir, empty)
 
 
 def _describe(failures: list[dict[str, Any]], name: str, quarantine: Path) -> str:
@@ -580,7 +582,7 @@ def _validate_duckdb(name: str, cfg: Config, fmt: str, has_text: bool) -> dict[s
             if not outcome.success:
                 raise _reject(cfg, name, outcome)
             try:
-                counts = validate_sql.write_canonical(src, staging)
+                counts = validate_sql.write_canonical(src, staging, outcome.empty_texts)
             except duckdb.OutOfMemoryException as exc:
                 raise _out_of_memory(cfg, exc) from None
             report = text_column_report(validate_sql.text_filled(src), counts["items"], cfg)

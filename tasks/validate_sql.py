@@ -255,9 +255,10 @@ def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> int:
     return con.execute(f"COPY ({sql}) TO {_lit(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})").fetchone()[0]
 
 
-def write_canonical(src: Source, out: Path) -> dict[str, Any]:
+def write_canonical(src: Source, out: Path, empty_texts: int) -> dict[str, Any]:
     """items / item_map (catalogue order), user_map (first appearance), interactions sorted by (user, time, source
-    order) with each event's position in its user's history: the pandas engine's tables, written by DuckDB."""
+    order) with each event's position in its user's history: the pandas engine's tables, written by DuckDB.
+    `empty_texts` (items with empty text) comes from `aggregates`, which already scanned the items."""
     con = src.con
     con.execute("CREATE TEMP TABLE item_map AS SELECT CAST(row_number() OVER (ORDER BY _ord) - 1 AS BIGINT) AS "
                 "item_id, item_id AS source_id FROM items ORDER BY _ord")
@@ -282,6 +283,5 @@ def write_canonical(src: Source, out: Path) -> dict[str, Any]:
         users = users.dropna(subset=["user_id"]).astype({"user_id": "int64"}).sort_values("user_id")
         users.to_parquet(out / "users.parquet", index=False)
     n_users, n_items = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("user_map", "item_map"))
-    empty = con.execute("SELECT count(*) FILTER (coalesce(length(text), 0) = 0) FROM items").fetchone()[0]
     return {"users": int(n_users), "items": int(n_items), "interactions": int(n_inter),
-            "text_coverage": float((n_items - empty) / n_items) if n_items else 0.0}
+            "text_coverage": float((n_items - empty_texts) / n_items) if n_items else 0.0}
