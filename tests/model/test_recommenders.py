@@ -269,6 +269,29 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
 
 
 @pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
+def test_table_built_in_chunks_without_autograd_equals_the_whole_build(item_repr):
+    """Evaluation builds the item table chunk by chunk (bounded memory at 1M items): bit-identical to the autograd
+    build, across chunk boundaries that do and do not divide N + 1, padding row 0 zeros."""
+    codebooks = [torch.randn(6, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+
+    class Codebook:
+        levels = 2
+
+    Codebook.codebooks = codebooks
+    codes = np.stack([np.arange(40) % 6, np.random.default_rng(0).integers(0, 6, 40)], 1)
+    rc = RecommendParams(item_repr=item_repr, id_dim=8, unified_id_dim=8, unified_id_scale=4.0, max_len=6,
+                         layers=1, heads=2)
+    torch.manual_seed(0)
+    items = build_recommender(40, rc, codes, Codebook()).items
+    whole, _ = items()
+    assert whole.requires_grad and not whole[0].any()
+    with torch.no_grad():
+        for chunk in (1, 7, 41, 65_536):
+            chunked, _ = items(chunk=chunk)
+            assert not chunked.requires_grad and torch.equal(chunked, whole.detach()), chunk
+
+
+@pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
 def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr):
     """The sampled softmax builds only the rows its batch touches, renumbered with padding kept at 0; loss and
     every gradient equal those computed on the whole table, for a padded batch and for one without padding (where
