@@ -419,6 +419,8 @@ def run_lines(records: list[dict]) -> list[str]:
             lines += ["The flow did not finish; the log's last lines:", "", "```", *(r.get("log_tail") or []),
                       "```", ""]
             continue
+        if summ.get("gate_failed"):  # rc 1 with a summary: a gate stopped the run (nothing promoted)
+            lines += [f"Stopped by a gate (nothing promoted): {summ['gate_failed']}", ""]
         lines += ["| step | state | seconds |", "|---|---|---:|"]
         for step, secs in (summ.get("seconds") or {}).items():
             lines.append(f"| {step} | {(summ.get('steps') or {}).get(step, '-')} | {fmt(float(secs))} |")
