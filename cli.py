@@ -359,8 +359,10 @@ def run(
     _quiet_libraries()
     sets = list(set_ or []) + ([f"flow.mode={mode}"] if mode else [])
     cfg = _cfg(config, sets)
-    from semid.flows.engine import on_engine
+    from semid.flows.engine import console_reports_once, on_engine
     from semid.flows.retrain import GateFailed, retrain
+
+    console_reports_once(PipelineError, GateFailed)
 
     console.print(f"[bold]semid retrain[/] on {cfg.data.dataset} ({cfg.flow.mode} mode)")
     try:
@@ -428,8 +430,10 @@ def prepare(
     """Run the data steps for each dataset up to --until, reusing every output that is up to date (the flow's
     cache): what a benchmark or a notebook needs before it reads data/."""
     _quiet_libraries()
-    from semid.flows.engine import on_engine
+    from semid.flows.engine import console_reports_once, on_engine
     from semid.flows.retrain import prepare as prepare_flow
+
+    console_reports_once(PipelineError)
 
     for name in names:
         sets = list(set_ or []) + [f"data.dataset={name}"]

@@ -49,6 +49,32 @@ def on_engine(flow_obj: Any, cfg: Config) -> Any:
     return flow_obj.with_options(task_runner=task_runner(cfg))
 
 
+class _Reported:
+    """A logging filter: drops records carrying one of `types` (errors the CLI reports itself, in one message)."""
+
+    def __init__(self, types: tuple[type[BaseException], ...]):
+        self.types = types
+
+    def filter(self, record: Any) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.types))
+
+
+def console_reports_once(*types: type[BaseException]) -> None:
+    """Keep Prefect's console from repeating, with a traceback, an error of `types` that the CLI prints as one message
+    (a PipelineError, a failed gate): Prefect logs it from the task and again from the flow. Only the console
+    handlers are filtered; the Prefect API (the UI's run logs) still gets the full record. Call after prefect is
+    imported (its logging is set up on import)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in (None, "prefect", "prefect.flow_runs", "prefect.task_runs"):  # None: root, where Prefect's
+        for handler in logging.getLogger(name).handlers:                       # logging.yml puts its console
+            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _Reported) for f in
+                                                                      handler.filters):
+                handler.addFilter(_Reported(types))
+
+
 EPHEMERAL_TIMEOUT = "120"  # s; Prefect's 20 s default timed out on the first run on a fresh 2-core machine
 
 

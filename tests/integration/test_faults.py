@@ -146,3 +146,14 @@ def test_the_cli_gives_prefect_time_for_a_first_start(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")  # the user's value wins
     quiet_prefect()
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"
+
+
+@pytest.mark.parametrize(("override", "says"), [({"data.min_user_interactions": 1000}, "Validation of 'shop' failed"),
+                                                ({"gate.max_recon_ratio": 1e-9}, "gate failed")])
+def test_an_error_inside_the_flow_is_one_message_without_a_traceback(tmp_path, emb_cache, override, says):
+    """A user's error raised inside a task (bad data) or a failed gate: the CLI prints it once; Prefect's console
+    does not repeat it with the task's and the flow's tracebacks (stderr included)."""
+    out = _run(tmp_path, shop_params(tmp_path, emb_cache, **override))
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert says in out.stdout, out.stdout[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
