@@ -301,7 +301,7 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
             run_flags = [*flags, "--set", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}"]
             env["PREFECT_HOME"] = str(work / "prefect")
             rec = stage("run", [semid, "run", *run_flags], n, check=False)
-            rec["summary"] = run_summary(cfg, dataset)  # None unless the flow finished (gates passed)
+            rec["summary"] = run_summary(cfg, dataset)  # None unless the flow finished or a gate stopped it
             rec["quality"] = {**(quality(cfg, dataset, "quantize") or {}),
                               **(quality(cfg, dataset, "diagnose") or {})}
         else:
