@@ -70,8 +70,8 @@ def console_reports_once(*types: type[BaseException]) -> None:
 
     for name in (None, "prefect", "prefect.flow_runs", "prefect.task_runs"):  # None: root, where Prefect's
         for handler in logging.getLogger(name).handlers:                       # logging.yml puts its console
-            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _Reported) for f in
-                                                                      handler.filters):
+            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _Reported) and f.types == types
+                                                                      for f in handler.filters):
                 handler.addFilter(_Reported(types))
 
 

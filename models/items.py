@@ -76,11 +76,8 @@ class ItemTable(nn.Module):
             index = torch.arange(self.n_items + 1)
             if torch.is_grad_enabled():
                 return self.rows(index), torch.zeros(())
-            parts = index.split(chunk)
-            first = self.rows(parts[0])
-            table = first.new_empty(len(index), first.shape[1])
-            table[:len(first)] = first
-            for part in parts[1:]:
+            table = torch.empty(len(index), self.dim, dtype=next(self.parameters()).dtype)
+            for part in index.split(chunk):
                 table[part[0]:part[-1] + 1] = self.rows(part)
             return table, torch.zeros(())
         sem, _, aux = self.joint()
