@@ -480,17 +480,18 @@ def report(records: list[dict], meta: dict) -> list[str]:
                      f"{fmt(s['wall_slope'], 2)} | "
                      f"{fmt(s['cpu_slope'], 2)} | {fmt(s['anon_slope'], 2)} |")
     for size in SIZES:
-        embeds = [r for r in records if r["stage"] == "embed" and r["size"] == size]
+        embeds = [r for r in records if r["stage"] == "embed" and r["size"] == size and not r.get("seeded_vectors")]
         if len({r.get("task_runner") for r in embeds}) < 2:
             continue
         lines += ["", f"## Embed at {size}: CLI vs flow task runners", "",
                   "CLI = `semid embed` (the shard plan in flow.workers threads in one process); local / dask = "
                   "`semid prepare NAME --until embed` with that flow.task_runner (Prefect flow; dask: a "
                   "LocalCluster of flow.workers processes). Same backend, overrides and fresh cache.", "",
-                  "| runner | wall s | CPU s | items/s | peak anon MB | VmHWM sum MB | procs |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| runner | date | wall s | CPU s | items/s | peak anon MB | VmHWM sum MB | procs |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(embeds, key=lambda r: r.get("task_runner") or ""):
-            lines.append(f"| {r.get('task_runner') or 'CLI (semid embed)'} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} "
+            lines.append(f"| {r.get('task_runner') or 'CLI (semid embed)'} | {r['date'][:10]} | {fmt(r['wall_s'])} | "
+                         f"{fmt(r['cpu_s'])} "
                          f"| {fmt(r['items_per_s'])} | {fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | "
                          f"{r['processes']} |")
     return lines
