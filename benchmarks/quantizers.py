@@ -36,10 +36,23 @@ OUT = Path(__file__).resolve().parent / "results"
 COS3, EUC3, HYB = ["cosine"] * 3, ["euclidean"] * 3, ["cosine", "cosine", "euclidean"]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), so results from different CPU families are not averaged together."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,

@@ -64,11 +64,18 @@ def stats(values: list[float]) -> str:
     return f"{a.mean():.4f} +- {a.std():.4f}"
 
 
+def group_key(r: dict) -> tuple:
+    """One table row per (dataset, variant, item repr, codebook, CPU): seeds are averaged only over runs on the same
+    semantic IDs and the same CPU model (a codebook rebuilt on another machine can differ; records older than
+    this field say 'not recorded')."""
+    return (r["dataset"], r["variant"], r["item_repr"], r.get("codebook_sha256"), r.get("cpu", "not recorded"))
+
+
 def render() -> None:
     records = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["variant"], r["item_repr"]), []).append(r)
+        groups.setdefault(group_key(r), []).append(r)
     metas = list(dict.fromkeys((r["machine"], r["date"][:10]) for r in records))
     lines = ["# SASRec recipe ablations", "",
              "Chosen on **validation** NDCG@10 (full ranking, history masked); test shown beside, never used to "
@@ -78,8 +85,8 @@ def render() -> None:
     lines += [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in records)]
     lines += ["", "| dataset | variant | repr | seeds | valid N@10 (masked) | test R@10 masked | test N@10 masked | "
               "min/max | test R@10 unmasked | test N@10 unmasked | most-pop N@10 masked | epochs (best) | s/epoch | "
-              "git |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, variant, item_repr), rs in groups.items():
+              "codebook | CPU | git |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, variant, item_repr, codebook, cpu), rs in groups.items():
         test = [r["test_full_masked_ndcg@10"] for r in rs]
         lines.append(
             f"| {name} | {variant} | {item_repr} | {len(rs)} | {stats([r['valid_full_masked_ndcg@10'] for r in rs])} | "
@@ -87,7 +94,8 @@ def render() -> None:
             f"{stats([r['test_full_recall@10'] for r in rs])} | {stats([r['test_full_ndcg@10'] for r in rs])} | "
             f"{rs[0]['baseline_test_full_masked_ndcg@10']:.4f} | "
             f"{'/'.join('{}({})'.format(r['epochs'], r['best_epoch']) for r in rs)} | "
-            f"{np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {', '.join(dict.fromkeys(r['git'] for r in rs))} |")
+            f"{np.mean([r['seconds_per_epoch'] for r in rs]):.1f} | {codebook or '-'} | {cpu} | "
+            f"{', '.join(dict.fromkeys(r['git'] for r in rs))} |")
     lines += ["", "Variants:", ""]
     lines += [f"- `{v}`: {', '.join(f'`{s}`' for s in sets) or 'params.yaml as committed'}"
               for v, sets in dict.fromkeys((r["variant"], tuple(r["sets"])) for r in records)]
@@ -112,6 +120,7 @@ def main() -> None:
                 for seed in args.seeds:
                     r = run(args.dataset, variant, sets, item_repr, seed)
                     r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}",
+                              "cpu": meta["cpu"],
                               "date": machine()["date"], "torch_threads": torch.get_num_threads(),
                               "command": shlex.join(["python", "benchmarks/recipe.py", *sys.argv[1:]])})
                     with RECORDS.open("a") as f:

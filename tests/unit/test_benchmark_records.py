@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks.recipe import parse_variant
+from benchmarks.quantizers import machine
+from benchmarks.recipe import group_key, parse_variant
 from benchmarks.recommenders import combine, provenance, record_key, stamp
 
 
@@ -73,3 +74,14 @@ def test_recipe_variant_keeps_a_list_value_whole():
         "d02", ["recommend.dropout=0.2", "recommend.epochs=200"])
     assert parse_variant("b98:recommend.betas=[0.9,0.98],recommend.lr=0.001") == (
         "b98", ["recommend.betas=[0.9,0.98]", "recommend.lr=0.001"])
+
+
+def test_recipe_rows_average_seeds_only_on_one_codebook_and_cpu():
+    base = {"dataset": "amazon-scientific", "variant": "default", "item_repr": "unified"}
+    here = {**base, "codebook_sha256": "0f3824e27504", "cpu": "AMD EPYC"}
+    assert group_key({**here, "seed": 0}) == group_key({**here, "seed": 1})
+    assert group_key(here) != group_key({**here, "codebook_sha256": "1c7ffbf0f513"})
+    assert group_key(here) != group_key({**here, "cpu": "Intel Xeon"})
+    older = {**base, "codebook_sha256": "0f3824e27504"}  # written before records named their CPU
+    assert group_key(older)[-1] == "not recorded" and group_key(older) != group_key(here)
+    assert machine()["cpu"]
