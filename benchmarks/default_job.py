@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quantizers import machine, write_report  # noqa: E402
+from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -87,7 +87,7 @@ def main() -> None:
     meta, records = machine(), []
     for seed in args.seeds:
         r = one_run(seed, args.sets, args.cold_cache)
-        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"],
+        r.update({"machine": machine_label(meta), "date": meta["date"],
                   "command": shlex.join(["python", "benchmarks/default_job.py", *sys.argv[1:]])})
         records.append(r)
         print(f"seed {seed}: rc {r['rc']} promoted {r['promoted']} {r['wall_seconds']:.0f} s test N@10 masked "

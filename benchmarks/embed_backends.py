@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine, write_report  # noqa: E402
+from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.models.encoder import BACKENDS  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> None:
               "reps": args.reps, "batch_size": base.embed.batch_size, "threads": torch.get_num_threads(),
               "command": shlex.join(["python", "benchmarks/embed_backends.py", *sys.argv[1:]]),
               "git_sha": git_sha(), "date": meta["date"], "python": meta["python"],
-              "machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}",
+              "machine": machine_label(meta),
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]}
     records = [{**common, **r} for r in records]
     for r in records:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS  # noqa: E402
-from benchmarks.quantizers import OUT, machine, write_report  # noqa: E402
+from benchmarks.quantizers import OUT, machine, machine_label, write_report  # noqa: E402
 
 OUTPUTS = ("features/{n}/embeddings.npy", "semantic/{n}/codes.npy", "semantic/{n}/ids.parquet",
            "semantic/{n}/diagnostics.json")
@@ -72,7 +72,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "engine_identity.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["# Same shard plan: thread runner vs Dask LocalCluster (2 workers x 1 thread)", "",
-             f"Machine: {record['platform']}, {record['cpus']} CPUs, torch {record['torch']}. Date: {record['date']}. "
+             f"Machine: {machine_label(record)}. Date: {record['date']}. "
              f"Git: {record['git']}.", f"Command: `{record['command']}`", "",
              f"{args.dataset}: {runs[0]['items']} items, {runs[0]['shards']} embedding shards, params.yaml plus "
              f"`{' '.join(sets)}`; each run in its own data root with an empty embedding cache.", "",

@@ -48,6 +48,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine_label(meta: dict) -> str:
+    """The one-line machine description that records and report headers carry, from a `machine()` dict."""
+    return f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}"
+
+
 def machine() -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -197,7 +202,7 @@ def write(records: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = machine()
     for r in records:  # a flat list of records, each saying where and when it was measured (kept when merged)
-        r.setdefault("machine", f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}")
+        r.setdefault("machine", machine_label(meta))
         r.setdefault("date", meta["date"])
     (OUT / "quantizers.json").write_text(json.dumps(records, indent=1) + "\n")
     (OUT / "quantizers.md").write_text(markdown(records, meta, args))
@@ -209,7 +214,7 @@ def fmt(v, spec=".3f"):
 
 def markdown(records: list[dict], meta: dict, args) -> str:
     lines = ["# Quantizer benchmark", "",
-             f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']} "
+             f"Machine: {machine_label(meta)} "
              f"({meta['torch_threads']} threads), Python {meta['python']}. Date: {meta['date']}.",
              f"Command: `python benchmarks/quantizers.py --datasets {' '.join(args.datasets)} --epochs {args.epochs}`"
              f" (beta sweep on {', '.join(args.beta_sweep) or 'none'})",

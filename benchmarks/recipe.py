@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine, write_report  # noqa: E402
+from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 RECORDS = OUT / "recipe.jsonl"
@@ -119,7 +119,7 @@ def main() -> None:
             for item_repr in args.reprs:
                 for seed in args.seeds:
                     r = run(args.dataset, variant, sets, item_repr, seed)
-                    r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}",
+                    r.update({"machine": machine_label(meta),
                               "cpu": meta["cpu"],
                               "date": machine()["date"], "torch_threads": torch.get_num_threads(),
                               "command": shlex.join(["python", "benchmarks/recipe.py", *sys.argv[1:]])})

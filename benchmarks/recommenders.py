@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine, write_report  # noqa: E402
+from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.tasks import layout  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.rank import rank  # noqa: E402
@@ -123,7 +123,7 @@ def stamp(records: list[dict]) -> list[dict]:
     """Records just measured keep where, when, how (command) and at how many torch threads; returns them."""
     meta = machine()
     for r in records:
-        r.update({"machine": f"{meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}", "date": meta["date"],
+        r.update({"machine": machine_label(meta), "date": meta["date"],
                   "command": shlex.join(["python", "benchmarks/recommenders.py", *sys.argv[1:]]),
                   "torch_threads": meta["torch_threads"]})
     return records

@@ -27,7 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS  # noqa: E402
-from benchmarks.quantizers import machine  # noqa: E402
+from benchmarks.quantizers import machine, machine_label  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -124,7 +124,7 @@ def write(records: list[dict], meta: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving.json").write_text(json.dumps(records, indent=1) + "\n")
     lines = ["# Serving benchmark", "",
-             f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}. Date: {meta['date']}. "
+             f"Machine: {machine_label(meta)}. Date: {meta['date']}. "
              f"Git: {records[0]['git_sha']}.", f"Command: `{records[0]['command']}`", "",
              "`semid serve DATASET` (MLflow scoring server, uvicorn) on the champion recommender, wrk on loopback "
              "(2 threads); one request = one real test-split history, k = 10. Target: p99 <= 100 ms at concurrency 8.",

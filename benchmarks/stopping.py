@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
-from benchmarks.quantizers import machine, write_report  # noqa: E402
+from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 RECORDS = OUT / "stopping.jsonl"
@@ -107,7 +107,7 @@ def render() -> None:
     m = records[0]["machine"]
     dates = sorted({r["machine"]["date"][:10] for r in records})
     lines = ["# Early stopping for the default job (ml-100k, unified SASRec): rules replayed on whole curves", "",
-             f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}. Dates: {', '.join(dates)}. "
+             f"Machine: {machine_label(m)}. Dates: {', '.join(dates)}. "
              f"Git: {', '.join(sorted({r['git'] for r in records}))}. "
              f"Commands: {'; '.join(sorted({'`' + r['command'] + '`' for r in records}))}", "",
              "## Validation NDCG@10 (masked) by epoch window: is it still rising?", "", *windows(records), "",
