@@ -109,6 +109,10 @@ class RecommendParams(Strict):
     positions: Literal["forward", "backward"] = "forward"  # SASRec positions from the first or from the last item
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
+    block: Literal["pre_ln", "post_ln"] = "pre_ln"  # SASRec layer norm placement; post_ln is RecBole's layout
+    ffn_dim: int | None = Field(None, ge=1)  # feed-forward width of each block; null: the item dimension
+    activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation (RecBole's SASRec: gelu)
+    position_std: float = Field(0.02, gt=0)  # init std of the position table (items start at 0.02 x sqrt(d))
     dropout: float = Field(0.5, ge=0, lt=1)
     lr: float = Field(3e-3, gt=0)
     betas: tuple[Beta, Beta] = (0.9, 0.999)  # Adam's (beta1, beta2); the public strong recipe uses (0.9, 0.98)

@@ -1,4 +1,5 @@
-"""SASRec (Kang & McAuley 2018): causal self-attention over the right-padded item sequence, pre-norm blocks."""
+"""SASRec (Kang & McAuley 2018): causal self-attention over the right-padded item sequence; pre-norm blocks by
+default, or RecBole's post-norm layout (LayerNorm on the embedding sum, then residual + LayerNorm per sublayer)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import torch
 from torch import nn
 
 from semid.models.items import ItemTable
+from semid.models.params import RecommendParams
 from semid.models.seqrec import SequentialRecommender
+
+BLOCKS = ("pre_ln", "post_ln")
 
 
 def position_index(seq: torch.Tensor, positions: str) -> torch.Tensor:
@@ -24,29 +28,40 @@ class SASRec(SequentialRecommender):
     """Causal self-attention over the (right-padded) item sequence; scores = hidden @ item table."""
 
     def __init__(self, items: ItemTable, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5,
-                 positions: str = "forward"):
+                 positions: str = "forward", block: str = "pre_ln", ffn_dim: int | None = None,
+                 activation: str = "relu", position_std: float = 0.02):
         super().__init__()
         if positions not in ("forward", "backward"):
             raise ValueError(f"positions must be 'forward' or 'backward', not {positions!r}")
-        self.positions = positions
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, not {block!r}")
+        self.positions, self.block = positions, block
         d = items.dim
         if d % heads:
             raise ValueError(f"item dimension {d} is not divisible by heads={heads}")
         self.items, self.max_len = items, max_len
         self.pos = nn.Embedding(max_len, d)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=position_std)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=d, dropout=dropout, batch_first=True,
-                                           norm_first=True)
+        self.input_norm = nn.LayerNorm(d) if block == "post_ln" else None
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ffn_dim or d, dropout=dropout,
+                                           activation=activation, batch_first=True, norm_first=block == "pre_ln")
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1))
+
+    @classmethod
+    def from_params(cls, items: ItemTable, p: RecommendParams) -> SASRec:
+        return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout, positions=p.positions,
+                   block=p.block, ffn_dim=p.ffn_dim, activation=p.activation, position_std=p.position_std)
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """seq [B, T] right-padded item indices (0 = pad) -> hidden [B, T, d]. Pads never reach real positions
         because attention is causal and pads only follow real items."""
         t = seq.shape[1]
         h = table[seq] * (table.shape[1] ** 0.5) + self.pos.weight[position_index(seq, self.positions)]
+        if self.input_norm is not None:
+            h = self.input_norm(h)
         h = self.drop(h * (seq > 0).unsqueeze(-1))
         h = self.blocks(h, mask=self.causal[:t, :t])
         return self.norm(h)

@@ -47,6 +47,36 @@ def test_backward_positions_count_from_the_last_item():
         SASRec(ItemTable(5, "id", id_dim=8), positions="sideways")
 
 
+def test_recbole_block_options_reach_the_layers_and_still_learn():
+    """recommend.block / ffn_dim / activation / position_std, set as overrides, build RecBole's post-norm SASRec
+    (input LayerNorm, 4x feed-forward, gelu), which stays causal and learns; the default stays pre-norm, FFN = d."""
+    from semid.tasks.config import load_config
+
+    default = build_recommender(30, RecommendParams(item_repr="id", id_dim=16))
+    assert default.input_norm is None and default.blocks.layers[0].norm_first
+    assert default.blocks.layers[0].linear1.out_features == 16
+    rc = load_config(None, ["recommend.block=post_ln", "recommend.ffn_dim=64", "recommend.activation=gelu",
+                            "recommend.position_std=0.5", "recommend.item_repr=id", "recommend.id_dim=16",
+                            "recommend.layers=1", "recommend.epochs=15", "recommend.patience=15",
+                            "recommend.dropout=0.1", "recommend.lr=0.005", "recommend.max_len=10",
+                            "recommend.negatives=10"]).recommend
+    model = build_recommender(30, rc)
+    layer = model.blocks.layers[0]
+    assert model.input_norm is not None and not layer.norm_first
+    assert layer.linear1.out_features == 64 and layer.activation is torch.nn.functional.gelu
+    assert 0.4 < float(model.pos.weight.detach().std()) < 0.6
+    model.eval()
+    table, _ = model.items()
+    a, b = torch.tensor([[3, 4, 5, 6, 0, 0]]), torch.tensor([[3, 4, 5, 9, 7, 0]])
+    with torch.no_grad():
+        assert torch.allclose(model.encode(a, table)[:, :3], model.encode(b, table)[:, :3], atol=1e-6)
+    split = Split(_cycle_sequences(), 30, rc.negatives, 0)
+    train(model, split, rc)
+    assert evaluate(model, split, "test", rc.max_len)["full"]["recall@10"] > 0.9  # random would be 10 / 30
+    with pytest.raises(ValueError, match="block must be"):
+        SASRec(ItemTable(5, "id", id_dim=8), block="sandwich")
+
+
 def test_unified_item_vector_is_codeword_sum_plus_id():
     codebooks = [torch.randn(4, 64), torch.randn(4, 64)]
     codes = torch.tensor([[0, 1], [0, 1], [2, 3]])
