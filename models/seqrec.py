@@ -39,7 +39,8 @@ class SequentialRecommender(nn.Module):
 
     @classmethod
     def from_params(cls, items: ItemTable, p: RecommendParams) -> SequentialRecommender:
-        return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout, positions=p.positions)
+        """The model over `items` with its own settings from `p` (each recommender reads the fields it has)."""
+        raise NotImplementedError
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
