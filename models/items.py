@@ -47,11 +47,12 @@ class ItemTable(nn.Module):
 
     def __init__(self, n_items: int, repr: str, id_dim: int = 64, codes: torch.Tensor | None = None,
                  codebooks: list[torch.Tensor] | None = None, freeze_codebooks: bool = False,
-                 joint: JointRQ | None = None, id_scale: float = 1.0):
+                 joint: JointRQ | None = None, id_scale: float = 1.0, dropout: float = 0.0):
         super().__init__()
         if repr not in REPRS:
             raise ValueError(f"item_repr must be one of {REPRS}, got {repr!r}")
         self.repr, self.n_items, self.joint, self.id_scale = repr, n_items, joint, id_scale
+        self.drop = nn.Dropout(dropout)  # in training only, on the rows as input and as candidates (RecTools)
         self.ids = nn.Embedding(n_items, id_dim) if repr in ("id", "unified") else None
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
@@ -82,7 +83,7 @@ class ItemTable(nn.Module):
             return table, torch.zeros(())
         sem, _, aux = self.joint()
         table = torch.cat([sem, *([self.ids.weight * self.id_scale] if self.ids is not None else [])], dim=1)
-        return torch.cat([table.new_zeros(1, table.shape[1]), table], dim=0), aux
+        return torch.cat([table.new_zeros(1, table.shape[1]), self.drop(table)], dim=0), aux
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Rows `index` (item indices, 0 = padding) of the table forward() builds, computed for those items only:
@@ -96,4 +97,4 @@ class ItemTable(nn.Module):
             parts.append(sum(emb(self.codes[item, level]) for level, emb in enumerate(self.levels)))
         if self.ids is not None:
             parts.append(self.ids(item) * self.id_scale)
-        return torch.cat(parts, dim=1) * (index > 0).unsqueeze(1)
+        return self.drop(torch.cat(parts, dim=1)) * (index > 0).unsqueeze(1)

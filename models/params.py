@@ -114,6 +114,7 @@ class RecommendParams(Strict):
     activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation (RecBole's SASRec: gelu)
     position_std: float = Field(0.02, gt=0)  # init std of the position table (items start at 0.02 x sqrt(d))
     dropout: float = Field(0.5, ge=0, lt=1)
+    table_dropout: float = Field(0.0, ge=0, lt=1)  # on the item table in training, input and candidates (RecTools)
     lr: float = Field(3e-3, gt=0)
     betas: tuple[Beta, Beta] = (0.9, 0.999)  # Adam's (beta1, beta2); the public strong recipe uses (0.9, 0.98)
     weight_decay: float = Field(0.0, ge=0)

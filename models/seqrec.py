@@ -158,7 +158,7 @@ def build_recommender(n_items: int, p: RecommendParams, codes: np.ndarray | None
                       codes=None if codes is None else torch.from_numpy(codes[:, : quantizer.levels].copy()),
                       codebooks=None if quantizer is None else quantizer.codebooks,
                       freeze_codebooks=p.freeze_codebooks, joint=joint,
-                      id_scale=p.unified_id_scale if p.item_repr == "unified" else 1.0)
+                      id_scale=p.unified_id_scale if p.item_repr == "unified" else 1.0, dropout=p.table_dropout)
     return get_model("recommender", p.model).from_params(items, p)
 
 

@@ -74,6 +74,30 @@ def test_recbole_block_options_reach_the_layers_and_still_learn():
         SASRec(ItemTable(5, "id", id_dim=8), block="sandwich")
 
 
+def test_table_dropout_drops_item_rows_in_training_only():
+    """recommend.table_dropout reaches the item table: in training the table (the candidates of the full softmax as
+    well as the input rows, and the rows a sampled batch touches) is dropped out and rescaled; in evaluation it is
+    the plain table; padding stays zero; the default (0) leaves training unchanged."""
+    from semid.tasks.config import load_config
+
+    rc = load_config(None, ["recommend.table_dropout=0.5", "recommend.item_repr=id", "recommend.id_dim=16"]).recommend
+    model = build_recommender(30, rc)
+    model.train()
+    table, _ = model.items()
+    plain = model.items.ids.weight
+    zeroed = table[1:] == 0
+    assert 0.3 < float(zeroed.float().mean()) < 0.7 and torch.all(table[0] == 0)
+    assert torch.allclose(table[1:][~zeroed], 2 * plain[~zeroed])  # kept entries scaled by 1 / (1 - p)
+    rows = model.items.rows(torch.tensor([0, 3, 5]))
+    assert torch.all(rows[0] == 0) and bool((rows[1:] == 0).any())
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.items()[0][1:], plain)
+    default = build_recommender(30, RecommendParams(item_repr="id", id_dim=16))
+    default.train()
+    assert torch.equal(default.items()[0][1:], default.items.ids.weight)
+
+
 def test_unified_item_vector_is_codeword_sum_plus_id():
     codebooks = [torch.randn(4, 64), torch.randn(4, 64)]
     codes = torch.tensor([[0, 1], [0, 1], [2, 3]])
