@@ -77,8 +77,8 @@ def test_recbole_block_options_reach_the_layers_and_still_learn():
 def test_table_dropout_drops_item_rows_in_training_only():
     """recommend.table_dropout reaches the item table: in training the table (the candidates of the full softmax as
     well as the input rows, and the rows a sampled batch touches) is dropped out and rescaled; in evaluation it is
-    the plain table; padding stays zero; the default (0) leaves training unchanged."""
-    from semid.tasks.config import load_config
+    the plain table; padding stays zero; the default (0) leaves training unchanged; 1.0 is refused."""
+    from semid.tasks.config import ConfigError, load_config
 
     rc = load_config(None, ["recommend.table_dropout=0.5", "recommend.item_repr=id", "recommend.id_dim=16"]).recommend
     model = build_recommender(30, rc)
@@ -96,6 +96,8 @@ def test_table_dropout_drops_item_rows_in_training_only():
     default = build_recommender(30, RecommendParams(item_repr="id", id_dim=16))
     default.train()
     assert torch.equal(default.items()[0][1:], default.items.ids.weight)
+    with pytest.raises(ConfigError, match="table_dropout"):
+        load_config(None, ["recommend.table_dropout=1.0"])
 
 
 def test_unified_item_vector_is_codeword_sum_plus_id():
