@@ -26,6 +26,21 @@ import pandas as pd
 import torch
 
 
+def provenance() -> dict:
+    """Date, command, machine and git sha for the record (stdlib only: this runs in RecBole's own venv)."""
+    import datetime
+    import os
+    import platform
+    import shlex
+    import subprocess
+
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(["python", "benchmarks/recbole_sasrec.py", *sys.argv[1:]]),
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+            "git": git.stdout.strip()[:12] or "unknown"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("processed", type=Path)
@@ -96,7 +111,8 @@ def main() -> None:
            "threads": args.threads, "epochs": len(epoch_seconds), "epoch_cap": args.epochs,
            "seconds_per_epoch": sum(epoch_seconds) / max(1, len(epoch_seconds)), "best_valid_ndcg@10":
            float(best_valid) if not isinstance(best_valid, dict) else None,
-           "test": {k.lower(): float(v) for k, v in result.items()}, "train_samples": len(train.dataset)}
+           "test": {k.lower(): float(v) for k, v in result.items()}, "train_samples": len(train.dataset),
+           **provenance()}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out))
 
