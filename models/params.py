@@ -97,7 +97,8 @@ class RecommendParams(Strict):
     item_repr: Literal["id", "semantic", "unified"] = "unified"
     joint: bool = False  # train the RQ-VAE inside the recommender (rec + reconstruction + commitment loss)
     loss: Literal["ce", "bce", "sampled"] = "ce"  # full softmax | 1 negative per position | sampled softmax
-    train_negatives: int = Field(256, ge=1)  # sampled: negatives shared by every position of a batch
+    train_negatives: int = Field(256, ge=1)  # sampled: negatives per batch (shared) or per position
+    negatives_per: Literal["batch", "position"] = "batch"  # sampled: one shared draw per batch | RecTools' per position
     negative_sampling: Literal["uniform", "popularity"] = "uniform"  # sampled: q(item) uniform or train frequency
     logq: bool = True  # sampled: subtract log(K q(item)) from every logit (the sampling correction)
     id_dim: int = Field(64, ge=1)  # ID embedding size in `id` mode

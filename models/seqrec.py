@@ -80,18 +80,18 @@ class SequentialRecommender(nn.Module):
         """Sampled softmax on the rows the batch touches (its sequences, targets and negatives, renumbered
         0..U-1 with padding kept at 0), so a step costs O(batch) whatever the catalogue size; the same loss as
         on the whole table. A joint RQ-VAE needs every item's encoder pass: the whole table."""
-        neg = sampler.draw(generator)
+        valid = target > 0
+        neg = sampler.draw(generator, int(valid.sum()))
         if self.items.joint is not None:
             table, aux = self.items()
             local_seq, local_target, local_neg = seq, target, neg
         else:
-            used, local = torch.unique(torch.cat([seq.new_zeros(1), seq.flatten(), target.flatten(), neg]),
+            used, local = torch.unique(torch.cat([seq.new_zeros(1), seq.flatten(), target.flatten(), neg.flatten()]),
                                        return_inverse=True)
             table, aux = self.items.rows(used), torch.zeros(())
-            local_seq, local_target, local_neg = local[1:].split([seq.numel(), target.numel(), neg.numel()])
-            local_seq, local_target = local_seq.view_as(seq), local_target.view_as(target)
+            parts = local[1:].split([seq.numel(), target.numel(), neg.numel()])
+            local_seq, local_target, local_neg = (x.view_as(y) for x, y in zip(parts, (seq, target, neg), strict=True))
         h = self.encode(local_seq, table)
-        valid = target > 0
         return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table[local_neg]) + aux
 
     @torch.no_grad()
@@ -103,15 +103,16 @@ class SequentialRecommender(nn.Module):
 
 
 class NegativeSampler:
-    """Sampled softmax: K negatives per batch, shared by all its positions, drawn from q (uniform, or the items'
-    training frequency). With logQ correction every logit s(i) becomes s(i) - log(K q(i)), which makes the sampled
-    loss an unbiased stand-in for the full softmax under a non-uniform q; a negative that is the position's own
-    target is masked out."""
+    """Sampled softmax: K negatives per batch, shared by all its positions, or K of its own for every position
+    (`per_position`, RecTools' SASRec+SS: [P, K] draws), drawn from q (uniform, or the items' training frequency).
+    With logQ correction every logit s(i) becomes s(i) - log(K q(i)), which makes the sampled loss an unbiased
+    stand-in for the full softmax under a non-uniform q; a negative that is the position's own target is masked
+    out."""
 
-    def __init__(self, q: torch.Tensor, k: int, logq: bool = True):
+    def __init__(self, q: torch.Tensor, k: int, logq: bool = True, per_position: bool = False):
         if q.ndim != 1 or not bool(torch.isfinite(q).all()) or float(q.min()) < 0 or float(q.sum()) <= 0:
             raise ValueError("q must be a finite, non-negative distribution over items")
-        self.q, self.k, self.logq = q / q.sum(), k, logq
+        self.q, self.k, self.logq, self.per_position = q / q.sum(), k, logq, per_position
 
     @classmethod
     def from_params(cls, split: Split, p: RecommendParams) -> NegativeSampler:
@@ -120,22 +121,29 @@ class NegativeSampler:
         else:  # training frequency, every item at least once so each can be drawn
             q = torch.from_numpy(np.bincount(np.concatenate(split.train), minlength=split.n_items + 1)[1:]).float()
             q = q + 1
-        return cls(q, p.train_negatives, p.logq)
+        return cls(q, p.train_negatives, p.logq, per_position=p.negatives_per == "position")
 
-    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The batch's K shared negatives (item ids, 1-based), drawn from q with replacement."""
-        return torch.multinomial(self.q, self.k, replacement=True, generator=generator) + 1
+    def draw(self, generator: torch.Generator | None = None, positions: int = 1) -> torch.Tensor:
+        """The negatives (item ids, 1-based), drawn from q with replacement: the batch's K shared ones [K], or
+        [positions, K] when every position draws its own."""
+        if not self.per_position:
+            return torch.multinomial(self.q, self.k, replacement=True, generator=generator) + 1
+        flat = torch.multinomial(self.q, max(positions, 1) * self.k, replacement=True, generator=generator) + 1
+        return flat.view(max(positions, 1), self.k)[:positions]
 
     def loss(self, h: torch.Tensor, target: torch.Tensor, neg: torch.Tensor, target_vecs: torch.Tensor,
              neg_vecs: torch.Tensor) -> torch.Tensor:
-        """Softmax over each position's target and the shared negatives; h [P, d], target [P] item ids with
-        target_vecs [P, d] their vectors, neg [K] item ids with neg_vecs [K, d]."""
+        """Softmax over each position's target and its negatives; h [P, d], target [P] item ids with
+        target_vecs [P, d] their vectors, neg [K] shared item ids with neg_vecs [K, d], or [P, K] with [P, K, d]."""
         pos = (h * target_vecs).sum(-1, keepdim=True)
-        negs = h @ neg_vecs.T
+        if neg.ndim == 1:
+            negs, neg = h @ neg_vecs.T, neg[None, :]
+        else:
+            negs = torch.bmm(neg_vecs, h[:, :, None])[:, :, 0]
         if self.logq:
             pos = pos - torch.log(self.k * self.q[target - 1])[:, None]
-            negs = negs - torch.log(self.k * self.q[neg - 1])[None, :]
-        negs = negs.masked_fill(neg[None, :] == target[:, None], float("-inf"))
+            negs = negs - torch.log(self.k * self.q[neg - 1])
+        negs = negs.masked_fill(neg == target[:, None], float("-inf"))
         logits = torch.cat([pos, negs], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long))
 

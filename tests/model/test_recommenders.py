@@ -321,6 +321,40 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
         NegativeSampler(torch.tensor([0.5, float("nan")]), 3)
 
 
+def test_per_position_negatives_by_hand():
+    """RecTools' SASRec+SS: every position draws its own K negatives ([P, K] from one seeded draw of P x K); the loss
+    is the mean over positions of each one's softmax over its target and its own negatives, logQ-corrected, with an
+    accidental hit removed. Sharing one row between the positions gives the shared-negatives loss."""
+    from semid.models.seqrec import NegativeSampler
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    h = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([1, 2])
+    q = torch.tensor([0.5, 0.25, 0.25])
+    sampler = NegativeSampler(q, 3, logq=True, per_position=True)
+    drawn = sampler.draw(torch.Generator().manual_seed(0), positions=2)
+    flat = torch.multinomial(q, 6, replacement=True, generator=torch.Generator().manual_seed(0)) + 1
+    assert drawn.shape == (2, 3) and torch.equal(drawn, flat.view(2, 3))
+    assert sampler.draw(torch.Generator(), positions=0).shape == (0, 3)
+    neg = torch.tensor([[1, 2, 3], [2, 2, 1]])  # position 0 draws its target once, position 1 twice
+    got = sampler.loss(h, target, neg, table[target], table[neg])
+    expected = []
+    for i in range(2):
+        pos = float(h[i] @ table[target[i]]) - np.log(3 * float(q[target[i] - 1]))
+        negs = [float(h[i] @ table[j]) - np.log(3 * float(q[j - 1])) for j in neg[i].tolist() if j != int(target[i])]
+        logits = np.array([pos, *negs])
+        expected.append(-pos + np.log(np.exp(logits).sum()))
+    assert abs(float(got) - float(np.mean(expected))) < 1e-5
+    shared = neg[1]
+    one = sampler.loss(h, target, shared.expand(2, 3), table[target], table[shared.expand(2, 3)])
+    assert abs(float(one) - float(NegativeSampler(q, 3).loss(h, target, shared, table[target], table[shared]))) < 1e-6
+    split = Split(_cycle_sequences(n_users=20), 30, 10, 0)
+    for per, shape in (("position", (5, 4)), ("batch", (4,))):
+        rc = RecommendParams(loss="sampled", train_negatives=4, negatives_per=per)
+        built = NegativeSampler.from_params(split, rc)
+        assert built.draw(torch.Generator().manual_seed(0), positions=5).shape == shape
+
+
 @pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
 def test_table_built_in_chunks_without_autograd_equals_the_whole_build(item_repr):
     """Evaluation builds the item table chunk by chunk (bounded memory at 1M items): bit-identical to the autograd
@@ -344,8 +378,9 @@ def test_table_built_in_chunks_without_autograd_equals_the_whole_build(item_repr
             assert not chunked.requires_grad and torch.equal(chunked, whole.detach()), chunk
 
 
+@pytest.mark.parametrize("per_position", [False, True])
 @pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
-def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr):
+def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr, per_position):
     """The sampled softmax builds only the rows its batch touches, renumbered with padding kept at 0; loss and
     every gradient equal those computed on the whole table, for a padded batch and for one without padding (where
     no item may take the padding's place)."""
@@ -362,7 +397,7 @@ def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr):
                          heads=2, loss="sampled", train_negatives=7)
     torch.manual_seed(0)
     model = build_recommender(40, rc, codes, Codebook()).eval()  # no dropout: both paths see the same network
-    sampler = NegativeSampler(torch.rand(40) + 0.1, 7)
+    sampler = NegativeSampler(torch.rand(40) + 0.1, 7, per_position=per_position)
     index = torch.tensor([0, 3, 40, 3])
     assert torch.equal(model.items.rows(index), model.items()[0][index])  # row 0 = padding = zeros
     padded = torch.tensor([[3, 9, 0, 0, 0, 0], [5, 5, 12, 40, 1, 0]])
@@ -374,9 +409,10 @@ def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr):
         got.backward()
         got_grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
         model.zero_grad()
-        neg = sampler.draw(torch.Generator().manual_seed(3))
         table, _ = model.items()
         h, valid = model.encode(seq, table), target > 0
+        neg = sampler.draw(torch.Generator().manual_seed(3), int(valid.sum()))
+        assert neg.shape == ((int(valid.sum()), 7) if per_position else (7,))
         ref = sampler.loss(h[valid], target[valid], neg, table[target[valid]], table[neg])
         ref.backward()
         assert abs(float(got.detach()) - float(ref.detach())) < 1e-5
