@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.hostinfo import cpu_model  # noqa: E402
 from benchmarks.prepare import prepare_dataset  # noqa: E402
 from semid.models.diagnostics import report  # noqa: E402
 from semid.models.semantic_ids import fit_and_encode  # noqa: E402
@@ -34,18 +35,6 @@ from semid.tasks.layout import load_processed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 COS3, EUC3, HYB = ["cosine"] * 3, ["euclidean"] * 3, ["cosine", "cosine", "euclidean"]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), so results from different CPU families are not averaged together."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_label(meta: dict) -> str:

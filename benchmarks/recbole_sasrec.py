@@ -25,20 +25,29 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.hostinfo import cpu_model  # noqa: E402
+
 
 def provenance() -> dict:
-    """Date, command, machine and git sha for the record (stdlib only: this runs in RecBole's own venv)."""
+    """Date, command, machine (with the CPU model, as every other record) and git sha, marked -dirty as
+    semid.tasks.tracking.git_sha does; without semid, which RecBole's own venv does not have."""
     import datetime
     import os
     import platform
     import shlex
     import subprocess
 
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    here = Path(__file__).parent
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                           text=True).stdout.strip()
+    sha = git.stdout.strip()[:12]
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": shlex.join(["python", "benchmarks/recbole_sasrec.py", *sys.argv[1:]]),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-            "git": git.stdout.strip()[:12] or "unknown"}
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}",
+            "git": (sha + ("-dirty" if dirty else "")) if sha else "unknown"}
 
 
 def main() -> None:
