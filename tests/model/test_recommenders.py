@@ -293,6 +293,18 @@ def test_joint_rqvae_inside_sasrec_trains_end_to_end():
     assert new_codes.shape == (30, 2) and torch.isfinite(aux)
 
 
+def _sampled_softmax_by_hand(h, target, table, q, negatives) -> float:
+    """Mean over positions i of -log softmax of the target among it and negatives[i] (item ids), every logit minus
+    log(K q(item)), a negative equal to the target left out."""
+    losses = []
+    for i, row in enumerate(negatives):
+        k = len(row)
+        pos = float(h[i] @ table[target[i]]) - np.log(k * float(q[target[i] - 1]))
+        negs = [float(h[i] @ table[j]) - np.log(k * float(q[j - 1])) for j in row if j != int(target[i])]
+        losses.append(-pos + np.log(np.exp(np.array([pos, *negs])).sum()))
+    return float(np.mean(losses))
+
+
 def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
     """Two positions, K = 3 negatives drawn from q; the loss equals the hand-computed softmax over the target and
     the negatives, each logit minus log(K q(item)), with a negative equal to the position's target removed."""
@@ -308,13 +320,7 @@ def test_sampled_softmax_by_hand_with_logq_and_a_masked_accidental_hit():
     drawn = sampler.draw(gen)
     assert torch.equal(drawn, neg)
     got = sampler.loss(h, target, drawn, table[target], table[drawn])
-    expected = []
-    for i in range(2):
-        pos = float(h[i] @ table[target[i]]) - np.log(3 * float(q[target[i] - 1]))
-        negs = [float(h[i] @ table[j]) - np.log(3 * float(q[j - 1])) for j in neg.tolist() if j != int(target[i])]
-        logits = np.array([pos, *negs])
-        expected.append(-pos + np.log(np.exp(logits).sum()))
-    assert abs(float(got) - float(np.mean(expected))) < 1e-5
+    assert abs(float(got) - _sampled_softmax_by_hand(h, target, table, q, [neg.tolist()] * 2)) < 1e-5
     plain = NegativeSampler(q, 3, logq=False).loss(h, target, drawn, table[target], table[drawn])
     assert abs(float(plain) - float(got)) > 1e-3  # the correction changes the loss under a non-uniform q
     with pytest.raises(ValueError, match="distribution"):
@@ -338,13 +344,7 @@ def test_per_position_negatives_by_hand():
     assert sampler.draw(torch.Generator(), positions=0).shape == (0, 3)
     neg = torch.tensor([[1, 2, 3], [2, 2, 1]])  # position 0 draws its target once, position 1 twice
     got = sampler.loss(h, target, neg, table[target], table[neg])
-    expected = []
-    for i in range(2):
-        pos = float(h[i] @ table[target[i]]) - np.log(3 * float(q[target[i] - 1]))
-        negs = [float(h[i] @ table[j]) - np.log(3 * float(q[j - 1])) for j in neg[i].tolist() if j != int(target[i])]
-        logits = np.array([pos, *negs])
-        expected.append(-pos + np.log(np.exp(logits).sum()))
-    assert abs(float(got) - float(np.mean(expected))) < 1e-5
+    assert abs(float(got) - _sampled_softmax_by_hand(h, target, table, q, neg.tolist())) < 1e-5
     shared = neg[1]
     one = sampler.loss(h, target, shared.expand(2, 3), table[target], table[shared.expand(2, 3)])
     assert abs(float(one) - float(NegativeSampler(q, 3).loss(h, target, shared, table[target], table[shared]))) < 1e-6
