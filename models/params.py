@@ -110,7 +110,8 @@ class RecommendParams(Strict):
     positions: Literal["forward", "backward"] = "forward"  # SASRec positions from the first or from the last item
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    block: Literal["pre_ln", "post_ln"] = "pre_ln"  # SASRec layer norm placement; post_ln is RecBole's layout
+    block: Literal["pre_ln", "post_ln", "sasrec"] = "pre_ln"  # norm placement; post_ln: RecBole, sasrec: RecTools
+    init: Literal["normal", "xavier"] = "normal"  # xavier: RecTools' init (every matrix, ID table unscaled at input)
     ffn_dim: int | None = Field(None, ge=1)  # feed-forward width of each block; null: the item dimension
     activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation (RecBole's SASRec: gelu)
     position_std: float = Field(0.02, gt=0)  # init std of the position table (items start at 0.02 x sqrt(d))

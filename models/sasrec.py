@@ -1,5 +1,6 @@
 """SASRec (Kang & McAuley 2018): causal self-attention over the right-padded item sequence; pre-norm blocks by
-default, or RecBole's post-norm layout (LayerNorm on the embedding sum, then residual + LayerNorm per sublayer)."""
+default, RecBole's post-norm layout (LayerNorm on the embedding sum, then residual + LayerNorm per sublayer), or the
+original SASRec block as RecTools has it (the query alone normed, residuals from the normed inputs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from semid.models.items import ItemTable
 from semid.models.params import RecommendParams
 from semid.models.seqrec import SequentialRecommender
 
-BLOCKS = ("pre_ln", "post_ln")
+BLOCKS = ("pre_ln", "post_ln", "sasrec")
+INITS = ("normal", "xavier")
 
 
 def position_index(seq: torch.Tensor, positions: str) -> torch.Tensor:
@@ -24,18 +26,51 @@ def position_index(seq: torch.Tensor, positions: str) -> torch.Tensor:
     return (lengths - 1 - t).clamp(min=0)
 
 
+class SASRecBlock(nn.Module):
+    """The original SASRec block as RecTools 0.13 writes it: q = LN(x) attends over the raw x, the residual is added to
+    q; the feed-forward (linear, activation, dropout, linear, dropout) reads LN of that and adds it to its input."""
+
+    def __init__(self, d: int, heads: int, ffn_dim: int, dropout: float, activation: str):
+        super().__init__()
+        self.q_norm, self.ff_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU() if activation == "gelu" else nn.ReLU(),
+                                 nn.Dropout(dropout), nn.Linear(ffn_dim, d), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.q_norm(x)
+        h = q + self.attn(q, x, x, attn_mask=mask, need_weights=False)[0]
+        f = self.ff_norm(h)
+        return f + self.ffn(f)
+
+
+class SASRecBlocks(nn.Module):
+    """A stack of SASRecBlock, called like nn.TransformerEncoder(h, mask=...)."""
+
+    def __init__(self, layers: int, *args):
+        super().__init__()
+        self.layers = nn.ModuleList(SASRecBlock(*args) for _ in range(layers))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h, mask)
+        return h
+
+
 class SASRec(SequentialRecommender):
     """Causal self-attention over the (right-padded) item sequence; scores = hidden @ item table."""
 
     def __init__(self, items: ItemTable, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5,
                  positions: str = "forward", block: str = "pre_ln", ffn_dim: int | None = None,
-                 activation: str = "relu", position_std: float = 0.02):
+                 activation: str = "relu", position_std: float = 0.02, init: str = "normal"):
         super().__init__()
         if positions not in ("forward", "backward"):
             raise ValueError(f"positions must be 'forward' or 'backward', not {positions!r}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, not {block!r}")
-        self.positions, self.block = positions, block
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {init!r}")
+        self.positions, self.block, self.init = positions, block, init
         d = items.dim
         if d % heads:
             raise ValueError(f"item dimension {d} is not divisible by heads={heads}")
@@ -44,22 +79,34 @@ class SASRec(SequentialRecommender):
         nn.init.normal_(self.pos.weight, std=position_std)
         self.drop = nn.Dropout(dropout)
         self.input_norm = nn.LayerNorm(d) if block == "post_ln" else None
-        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ffn_dim or d, dropout=dropout,
-                                           activation=activation, batch_first=True, norm_first=block == "pre_ln")
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
+        if block == "sasrec":
+            self.blocks = SASRecBlocks(layers, d, heads, ffn_dim or d, dropout, activation)
+        else:
+            layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ffn_dim or d, dropout=dropout,
+                                               activation=activation, batch_first=True, norm_first=block == "pre_ln")
+            self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d, eps=1e-8 if block == "sasrec" else 1e-5)
+        # normal: ID rows N(0, .02) enter scaled by sqrt(d), positions N(0, position_std). xavier (RecTools): every
+        # matrix of the model and the ID table xavier-normal, item rows enter unscaled; codebook tables are kept.
+        self.input_scale = d ** 0.5 if init == "normal" else 1.0
+        if init == "xavier":
+            for module in (self.pos, self.blocks, items.ids):
+                for w in (module.parameters() if module is not None else ()):
+                    if w.dim() > 1:
+                        nn.init.xavier_normal_(w)
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1))
 
     @classmethod
     def from_params(cls, items: ItemTable, p: RecommendParams) -> SASRec:
         return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout, positions=p.positions,
-                   block=p.block, ffn_dim=p.ffn_dim, activation=p.activation, position_std=p.position_std)
+                   block=p.block, ffn_dim=p.ffn_dim, activation=p.activation, position_std=p.position_std,
+                   init=p.init)
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """seq [B, T] right-padded item indices (0 = pad) -> hidden [B, T, d]. Pads never reach real positions
         because attention is causal and pads only follow real items."""
         t = seq.shape[1]
-        h = table[seq] * (table.shape[1] ** 0.5) + self.pos.weight[position_index(seq, self.positions)]
+        h = table[seq] * self.input_scale + self.pos.weight[position_index(seq, self.positions)]
         if self.input_norm is not None:
             h = self.input_norm(h)
         h = self.drop(h * (seq > 0).unsqueeze(-1))

@@ -20,7 +20,7 @@ def _cycle_sequences(n_users=120, n_items=30, length=12, seed=0):
     return [(rng.integers(n_items) + np.arange(length)) % n_items for _ in range(n_users)]
 
 
-@pytest.mark.parametrize("block", ["pre_ln", "post_ln"])
+@pytest.mark.parametrize("block", ["pre_ln", "post_ln", "sasrec"])
 def test_sasrec_is_causal(block):
     torch.manual_seed(0)
     model = SASRec(ItemTable(20, "id", id_dim=16), max_len=8, layers=2, heads=2, dropout=0.0, block=block).eval()
@@ -72,6 +72,74 @@ def test_recbole_block_options_reach_the_layers_and_still_learn():
     assert evaluate(model, split, "test", rc.max_len)["full"]["recall@10"] > 0.9  # random would be 10 / 30
     with pytest.raises(ValueError, match="block must be"):
         SASRec(ItemTable(5, "id", id_dim=8), block="sandwich")
+
+
+def test_sasrec_block_by_hand():
+    """block=sasrec (RecTools' layout): one head, no dropout, the block output equals f + FFN(f) with f = LN(q + attn),
+    where the query q = LN(x) attends causally over keys and values from the raw x, computed here with plain
+    matrix products (a pre-norm block, x + attn(LN(x)) then h + FFN(LN(h)), would not match)."""
+    torch.manual_seed(0)
+    d, t = 8, 5
+    model = SASRec(ItemTable(20, "id", id_dim=d), max_len=t, layers=1, heads=1, dropout=0.0, block="sasrec").eval()
+    block = model.blocks.layers[0]
+    x = torch.randn(2, t, d)
+
+    def ln(v, norm):
+        return (v - v.mean(-1, keepdim=True)) / torch.sqrt(v.var(-1, unbiased=False, keepdim=True) + norm.eps) \
+            * norm.weight + norm.bias
+
+    wq, wk, wv = block.attn.in_proj_weight.split(d)
+    bq, bk, bv = block.attn.in_proj_bias.split(d)
+    q = ln(x, block.q_norm)
+    scores = (q @ wq.T + bq) @ (x @ wk.T + bk).transpose(1, 2) / d ** 0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+    attn = torch.softmax(scores, -1) @ (x @ wv.T + bv) @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+    f = ln(q + attn, block.ff_norm)
+    lin1, lin2 = block.ffn[0], block.ffn[3]
+    expected = f + torch.relu(f @ lin1.weight.T + lin1.bias) @ lin2.weight.T + lin2.bias
+    with torch.no_grad():
+        got = model.blocks(x, model.causal[:t, :t])
+        assert torch.allclose(got, expected, atol=1e-5)
+    assert model.norm.eps == 1e-8
+
+
+def test_xavier_init_is_rectools_and_keeps_the_codebooks():
+    """recommend.init=xavier (set as an override): the ID table and the position table are xavier-normal (std
+    sqrt(2 / (fan_in + fan_out))) and item rows enter unscaled; a unified table keeps its codebook rows; the default
+    scales the N(0, .02) rows by sqrt(d); an unknown init is refused."""
+    from semid.tasks.config import load_config
+
+    torch.manual_seed(0)
+    rc = load_config(None, ["recommend.init=xavier", "recommend.block=sasrec", "recommend.item_repr=id",
+                            "recommend.id_dim=64", "recommend.max_len=50"]).recommend
+    model = build_recommender(4000, rc)
+    assert model.input_scale == 1.0 and model.block == "sasrec"
+    assert abs(float(model.items.ids.weight.detach().std()) - (2 / (4000 + 64)) ** 0.5) < 2e-3
+    assert abs(float(model.pos.weight.detach().std()) - (2 / (50 + 64)) ** 0.5) < 0.01
+    default = build_recommender(4000, RecommendParams(item_repr="id", id_dim=64))
+    assert default.input_scale == 8.0 and abs(float(default.items.ids.weight.detach().std()) - 0.02) < 2e-3
+    codebooks = [torch.randn(4, 6), torch.randn(4, 6)]
+    items = ItemTable(10, "unified", id_dim=4, codes=torch.randint(0, 4, (10, 2)), codebooks=codebooks)
+    SASRec(items, max_len=6, layers=1, heads=1, init="xavier")
+    assert all(torch.equal(level.weight, cb) for level, cb in zip(items.levels, codebooks, strict=True))
+    with pytest.raises(ValueError, match="init must be"):
+        SASRec(ItemTable(5, "id", id_dim=8), init="kaiming")
+
+
+def test_rectools_layout_learns():
+    """block=sasrec with init=xavier and backward positions learns the cycle task (random would be 10 / 30)."""
+    from semid.tasks.config import load_config
+
+    rc = load_config(None, ["recommend.block=sasrec", "recommend.init=xavier", "recommend.positions=backward",
+                            "recommend.item_repr=id", "recommend.id_dim=16", "recommend.layers=1",
+                            "recommend.heads=1", "recommend.epochs=30", "recommend.patience=30",
+                            "recommend.dropout=0.1", "recommend.lr=0.005", "recommend.max_len=10",
+                            "recommend.negatives=10"]).recommend
+    torch.manual_seed(0)
+    model = build_recommender(30, rc)
+    split = Split(_cycle_sequences(), 30, rc.negatives, 0)
+    train(model, split, rc)
+    assert evaluate(model, split, "test", rc.max_len)["full"]["recall@10"] > 0.9
 
 
 def test_table_dropout_drops_item_rows_in_training_only():
