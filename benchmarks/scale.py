@@ -162,12 +162,6 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None, in
 # ---------------------------------------------------------------- the runs
 
 
-def git_sha() -> str:
-    from semid.tasks.tracking import git_sha as sha
-
-    return sha()
-
-
 def semid_bin() -> str:
     exe = Path(sys.executable).with_name("semid")
     return str(exe) if exe.exists() else "semid"
@@ -529,6 +523,8 @@ def main(argv: list[str] | None = None) -> None:
         doc = json.loads((OUT / f"{args.out}.json").read_text())
         write_report(args.out, report(doc["records"], {**doc["machine"], "runs": doc["runs"]}))
         return
+
+    from semid.tasks.tracking import git_sha
 
     meta = machine()
     run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),

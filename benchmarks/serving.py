@@ -114,12 +114,6 @@ def measure(name: str, connections: int, seconds: int, workers: int, port: int =
             "workers": workers, **parse_wrk(out), "wrk": out}
 
 
-def git_sha() -> str:
-    from semid.tasks.tracking import git_sha as sha
-
-    return sha()
-
-
 def write(records: list[dict], meta: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -146,6 +140,8 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    from semid.tasks.tracking import git_sha
+
     meta, command = machine(), shlex.join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     records = []
     for name in args.datasets:
