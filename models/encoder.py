@@ -5,6 +5,7 @@ sentence-transformers model folder, always on the CPU, run by torch (sentence-tr
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,28 @@ class EncoderBackendError(RuntimeError):
         super().__init__(f"{problem}\nFix: {fix}")
 
 
-def encoder_id(model: str, backend: str) -> str:
+def int8_kernels(cpuinfo: str | None = None) -> str:
+    """The class of int8 matrix kernels onnxruntime picks on this CPU (from /proc/cpuinfo's flags): int8 vectors differ
+    between classes (on 512 texts, cosine to torch's mean .9932 with VNNI-era kernels, .9920 on an AVX2 EPYC without
+    VNNI), so the int8 encoder identity names it. `cpuinfo` is the file's text (tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    for flag, name in (("amx_int8", "amx"), ("avx512_vnni", "avx512vnni"), ("avx_vnni", "avxvnni"),
+                       ("avx512bw", "avx512"), ("avx2", "avx2"), ("i8mm", "i8mm"), ("asimddp", "dotprod")):
+        if flag in flags:
+            return name
+    return platform.machine().lower() or "unknown"
+
+
+def encoder_id(model: str, backend: str, kernels: str | None = None) -> str:
     """The encoder's identity: what the embedding cache is keyed by and the embed manifest records.
 
     `onnx` (fp32) shares the torch identity, `onnx-int8` has its own. The fp32 graph is the same transformer with
@@ -33,10 +55,11 @@ def encoder_id(model: str, backend: str) -> str:
     same texts are batched differently (3e-13, 1.6e-7), and far inside the 1e-5 cosine beyond which vectors count
     as different. So a cache filled by either serves both, and switching torch <-> onnx leaves embeddings.npy (and
     everything quantized from it) unchanged for cached texts; tests/model/test_embed_onnx.py fails if fp32 drifts
-    past 1e-5. int8 weights move vectors to cosine ~0.993: other vectors, another identity."""
+    past 1e-5. int8 weights move vectors to cosine ~0.993: other vectors, another identity, one per class of int8
+    kernels (`int8_kernels`, this machine's unless `kernels` is given), because those vectors differ between CPUs."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend '{backend}' (one of {', '.join(BACKENDS)})")
-    return model if backend in ("torch", "onnx") else f"{model}+{backend}"
+    return model if backend in ("torch", "onnx") else f"{model}+{backend}+{kernels or int8_kernels()}"
 
 
 def model_path(model: str) -> str:

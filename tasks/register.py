@@ -30,7 +30,8 @@ def register_codebook(name: str, cfg: Config, tags: dict[str, str], parent: str)
     meta = sem / "codebook_meta.json"
     features = json.loads((layout.features_dir(cfg, name) / "manifest.json").read_text())
     texts = layout.features_dir(cfg, name) / "text_sha256.json"
-    encoder = {"encoder": features["model"], "embed_backend": features["backend"]}
+    encoder = {"encoder": features["model"], "embed_backend": features["backend"],
+               "encoder_identity": features["encoder"]}  # int8: names the CPU's int8 kernel class
     artifacts = {"codebook": str(sem), "meta": str(meta), "texts": str(texts)}
     if features["backend"] == "onnx-int8":  # serving encodes new texts with this very file (torch/fp32: the model)
         if not Path(features.get("onnx_model", "")).is_file():

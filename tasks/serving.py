@@ -58,9 +58,20 @@ class CodebookModel(mlflow.pyfunc.PythonModel):
 
     def _load_encoder(self):
         """The encoder identity the catalogue was embedded with: torch serves torch and onnx fp32 (same vectors,
-        semid.models.encoder.encoder_id); onnx-int8 runs the registered int8 file."""
-        from semid.models.encoder import load_encoder
+        semid.models.encoder.encoder_id); onnx-int8 runs the registered int8 file, on a CPU with the same class of
+        int8 kernels as the one that embedded the catalogue (another class gives other vectors, so other codes)."""
+        from semid.models.encoder import encoder_id, load_encoder
 
+        if self.meta.get("embed_backend") == "onnx-int8":
+            here = encoder_id(self.meta["encoder"], "onnx-int8")
+            if self.meta.get("encoder_identity") != here:
+                raise ValueError(
+                    f"this codebook's catalogue was embedded by int8 encoder "
+                    f"'{self.meta.get('encoder_identity', 'unrecorded (registered before 2026-12-05)')}', but this "
+                    f"machine's int8 kernels make it '{here}', whose vectors differ, so new texts would get codes the "
+                    "catalogue's encoder would not give. Serve it on a CPU of the recorded class, or embed and "
+                    "register the catalogue here (semid run), or use embed.backend=onnx (fp32: the same vectors on "
+                    "every CPU).")
         st = load_encoder(self.meta["encoder"])
         if self.meta.get("embed_backend") != "onnx-int8":
             return st

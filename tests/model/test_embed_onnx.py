@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semid.models.encoder import EncoderBackendError, encoder_id
+from semid.models.encoder import EncoderBackendError, encoder_id, int8_kernels
 from semid.models.onnx_encoder import FP32, INT8, MIN_COSINE, OnnxEncoder, check_against_torch, check_supported, cosine
 from semid.tasks import embed as step
 from semid.tasks.config import ConfigError, load_config
@@ -233,14 +233,14 @@ def _int8_codebook(onnx_dir, tmp_path):
     return cfg, manifest
 
 
-def _served(cfg, manifest, tmp_path, onnx: str | None, texts: Path | None = None):
+def _served(cfg, manifest, tmp_path, onnx: str | None, texts: Path | None = None, identity: str | None = None):
     from types import SimpleNamespace
 
     from semid.tasks.serving import CodebookModel
 
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"encoder": MODEL, "embed_backend": "onnx-int8",
-                                "onnx_sha256": manifest["onnx_sha256"]}))
+    meta.write_text(json.dumps({"encoder": MODEL, "embed_backend": "onnx-int8", "onnx_sha256": manifest["onnx_sha256"],
+                                "encoder_identity": identity or manifest["encoder"]}))
     artifacts = {"codebook": str(step.layout.semantic_dir(cfg, "shop")), "meta": str(meta),
                  "texts": str(texts or step.layout.features_dir(cfg, "shop") / "text_sha256.json")}
     if onnx is not None:
@@ -261,6 +261,30 @@ def test_an_int8_codebook_encodes_new_texts_with_its_int8_file(onnx_dir, tmp_pat
     np.testing.assert_allclose(served, int8, atol=1e-6)
     assert cosine(served, torch_).min() < 1 - 1e-5  # the torch encoder would have given other vectors
     assert model.predict(None, new)["is_new"].all()
+
+
+def test_int8_identity_names_the_cpus_int8_kernels():
+    """The int8 identity carries the class of int8 kernels read from /proc/cpuinfo's flags (the best one present);
+    torch and fp32 ignore it."""
+    assert int8_kernels("processor : 0\nflags : fpu sse avx2 avx512bw avx512_vnni\n") == "avx512vnni"
+    assert int8_kernels("flags\t\t: fpu avx avx2\n") == "avx2"
+    assert int8_kernels("Features : fp asimd asimddp\n") == "dotprod"
+    assert int8_kernels("flags : amx_int8 avx512_vnni avx2\n") == "amx"
+    assert encoder_id(MODEL, "onnx-int8", "avx2") == f"{MODEL}+onnx-int8+avx2" != encoder_id(MODEL, "onnx-int8", "amx")
+    assert encoder_id(MODEL, "onnx-int8") == f"{MODEL}+onnx-int8+{int8_kernels()}"
+    assert encoder_id(MODEL, "onnx", "avx2") == encoder_id(MODEL, "torch") == MODEL
+
+
+def test_an_int8_codebook_from_another_cpu_class_refuses_new_texts(onnx_dir, tmp_path):
+    """Served where the int8 kernels differ from the recorded ones (or none were recorded), a new text is refused
+    with the reason and the fixes; known texts, which need no encoding, are still served."""
+    cfg, manifest = _int8_codebook(onnx_dir, tmp_path)
+    other = "amx" if int8_kernels() != "amx" else "avx2"
+    for identity in (f"{MODEL}+onnx-int8+{other}", f"{MODEL}+onnx-int8"):
+        model = _served(cfg, manifest, tmp_path, manifest["onnx_model"], identity=identity)
+        assert not model.predict(None, pd.DataFrame({"text": TEXTS[2:4]}))["is_new"].any()
+        with pytest.raises(ValueError, match=r"int8 kernels make it .*embed\.backend=onnx"):
+            model.predict(None, pd.DataFrame({"text": [TEXTS[2] + " v2"]}))
 
 
 def test_a_codebook_registered_with_the_whole_embed_manifest_still_finds_known_texts(onnx_dir, tmp_path):
