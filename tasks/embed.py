@@ -323,7 +323,8 @@ def embed_shard(name: str, cfg: Config, shard: dict[str, Any], progress: bool = 
     tmp.rename(out)
     copies = shard["stop"] - shard["start"] - len(rows)  # items whose text an earlier item has
     return {**shard, "path": str(out), "sha256": sha256_file(out), "dim": int(vectors.shape[1]),
-            "encoded": fresh, "cached": hits + copies, "seconds": round(time.perf_counter() - start, 3)}
+            "encoded": fresh, "cached": hits + copies, "seconds": round(time.perf_counter() - start, 3),
+            "encoder": encoder_id(cfg.embed.model, cfg.embed.backend)}  # int8: this worker's kernel class
 
 
 def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]:
@@ -341,6 +342,12 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         if not Path(s["path"]).exists() or sha256_file(Path(s["path"])) != s["sha256"]:
             raise PipelineError(f"Embedding shard {s['path']} is missing or not the file its task wrote.",
                                 f"run `semid embed {name}` again.")
+    identities = sorted({s.get("encoder", "unrecorded") for s in shards})
+    if identities != [encoder_id(cfg.embed.model, cfg.embed.backend)]:
+        raise PipelineError(f"The embedding shards of '{name}' were encoded by {identities}, not one encoder "
+                            f"identity ({encoder_id(cfg.embed.model, cfg.embed.backend)} here): int8 vectors differ "
+                            "between CPUs with different int8 kernels.",
+                            "run the embed step on workers of one CPU class, or use embed.backend=onnx or torch.")
     dim = shards[0]["dim"]  # the first shard owns at least its first item's text
     manifest = {
         "dataset": name,

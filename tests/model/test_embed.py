@@ -82,4 +82,11 @@ def test_join_refuses_a_changed_or_missing_shard(tmp_path):
         step.join("shop", cfg, shards)
     with pytest.raises(PipelineError, match="not the plan"):
         step.join("shop", cfg, shards[:1])
+    shards = [step.embed_shard("shop", cfg, s) for s in step.plan("shop", cfg)]
+    for other in ({**shards[0], "encoder": "all-MiniLM-L6-v2+onnx-int8+avx2"}, {
+            k: v for k, v in shards[0].items() if k != "encoder"}):  # another worker's int8 kernels; unrecorded
+        with pytest.raises(PipelineError, match="not one encoder identity") as err:
+            step.join("shop", cfg, [other, *shards[1:]])
+        assert "one CPU class" in err.value.fix
     assert not (tmp_path / "data" / "features" / "shop").exists()  # nothing half-written
+    step.join("shop", cfg, shards)  # the same shards from one encoder join
