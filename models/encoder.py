@@ -4,6 +4,7 @@ sentence-transformers model folder, always on the CPU, run by torch (sentence-tr
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -25,15 +26,21 @@ class EncoderBackendError(RuntimeError):
         super().__init__(f"{problem}\nFix: {fix}")
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once a process: encoder_id asks for it per shard, per cache lookup and per manifest."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def int8_kernels(cpuinfo: str | None = None) -> str:
     """The class of int8 matrix kernels onnxruntime picks on this CPU (from /proc/cpuinfo's flags): int8 vectors differ
     between classes (on 512 texts, cosine to torch's mean .9932 with VNNI-era kernels, .9920 on an AVX2 EPYC without
     VNNI), so the int8 encoder identity names it. `cpuinfo` is the file's text (tests)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = _cpuinfo()
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.split(":", 1)[0].strip() in ("flags", "Features"):

@@ -342,10 +342,11 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         if not Path(s["path"]).exists() or sha256_file(Path(s["path"])) != s["sha256"]:
             raise PipelineError(f"Embedding shard {s['path']} is missing or not the file its task wrote.",
                                 f"run `semid embed {name}` again.")
+    identity = encoder_id(cfg.embed.model, cfg.embed.backend)
     identities = sorted({s.get("encoder", "unrecorded") for s in shards})
-    if identities != [encoder_id(cfg.embed.model, cfg.embed.backend)]:
+    if identities != [identity]:
         raise PipelineError(f"The embedding shards of '{name}' were encoded by {identities}, not one encoder "
-                            f"identity ({encoder_id(cfg.embed.model, cfg.embed.backend)} here): int8 vectors differ "
+                            f"identity ({identity} here): int8 vectors differ "
                             "between CPUs with different int8 kernels.",
                             "run the embed step on workers of one CPU class, or use embed.backend=onnx or torch.")
     dim = shards[0]["dim"]  # the first shard owns at least its first item's text
@@ -353,7 +354,7 @@ def join(name: str, cfg: Config, shards: list[dict[str, Any]]) -> dict[str, Any]
         "dataset": name,
         "model": cfg.embed.model,
         "backend": cfg.embed.backend,
-        "encoder": encoder_id(cfg.embed.model, cfg.embed.backend),  # the identity the cache is keyed by
+        "encoder": identity,  # the identity the cache is keyed by
         "dim": int(dim),
         "items": len(texts),
         "shards": len(shards),
