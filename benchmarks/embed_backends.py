@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
-from semid.models.encoder import BACKENDS  # noqa: E402
+from semid.models.encoder import BACKENDS, int8_kernels  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
@@ -78,7 +78,9 @@ def write(records: list[dict]) -> None:
     r0 = records[0]
     lines = ["# Embedding backends", "",
              f"Machine: {r0['machine']}, Python {r0['python']}, {r0['threads']} threads per backend "
-             f"(torch and onnxruntime intra-op). Date: {r0['date']}. Git: {r0['git_sha']}.",
+             f"(torch and onnxruntime intra-op). CPU: {r0.get('cpu', 'not recorded')}, int8 kernels: "
+             f"{r0.get('int8_kernels', 'not recorded')} (the class the int8 encoder identity names). "
+             f"Date: {r0['date']}. Git: {r0['git_sha']}.",
              f"Command: `{r0['command']}`", "",
              f"{r0['texts']} {r0['dataset']} item texts (the first by item id, mean {r0['mean_chars']:.0f} "
              "characters), "
@@ -121,7 +123,7 @@ def main() -> None:
               "reps": args.reps, "batch_size": base.embed.batch_size, "threads": torch.get_num_threads(),
               "command": shlex.join(["python", "benchmarks/embed_backends.py", *sys.argv[1:]]),
               "git_sha": git_sha(), "date": meta["date"], "python": meta["python"],
-              "machine": machine_label(meta),
+              "machine": machine_label(meta), "cpu": meta["cpu"], "int8_kernels": int8_kernels(),
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]}
     records = [{**common, **r} for r in records]
     for r in records:
