@@ -231,7 +231,8 @@ def run_size(size: str, args, scratch: Path, onnx_dir: Path, meta: dict) -> list
     seeded = bool(args.vectors and synthetic)
     base = {"size": size, "synthetic": synthetic, "backend": args.backend, "task_runner": args.task_runner,
             "overrides": list(args.set), "command": meta["command"], "git_sha": meta["git_sha"],
-            "date": meta["date"], "seeded_vectors": seeded}
+            "date": meta["date"], "seeded_vectors": seeded, "cpu": meta.get("cpu"),
+            "int8_kernels": meta.get("int8_kernels")}
 
     def stage(name: str, cmd: list[str], items: int | None, check: bool = True) -> dict:
         with open(log, "a") as fh:
@@ -347,23 +348,32 @@ def fmt(x, nd=1) -> str:
 
 
 def add_slopes(records: list[dict]) -> list[dict]:
-    """Per stage, task runner, backend and overrides: slope between consecutive sizes (by item count)."""
+    """Per stage, task runner, backend, overrides and CPU: slope between consecutive sizes (by item count).
+
+    Sizes measured on different CPUs (model name and int8 kernel class; the VMs here change between sessions and
+    int8 speed differs 2x between them) are not paired. Records from before the CPU was recorded pair with each
+    other only."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []),
-                           bool(r.get("seeded_vectors"))), []).append(r)
+                           bool(r.get("seeded_vectors")), r.get("cpu"), r.get("int8_kernels")), []).append(r)
     rows = []
-    for (stage, runner, backend, ov, seeded), rs in groups.items():
+    for (stage, runner, backend, ov, seeded, cpu, kernels), rs in groups.items():
         rs = sorted(rs, key=lambda r: (r["items"] or 0, r.get("interactions") or 0))
         for a, b in zip(rs, rs[1:], strict=False):
             by = "items" if a["items"] != b["items"] else "interactions"  # 1m -> 100m: same items, 10x the events
             n1, n2 = a.get(by), b.get(by)
             rows.append({"stage": stage, "task_runner": runner, "backend": backend, "overrides": list(ov),
-                         "seeded_vectors": seeded, "from": a["size"], "to": b["size"], "by": by, "n1": n1, "n2": n2,
+                         "seeded_vectors": seeded, "cpu": cpu, "int8_kernels": kernels,
+                         "from": a["size"], "to": b["size"], "by": by, "n1": n1, "n2": n2,
                          "wall_slope": slope(n1, a["wall_s"], n2, b["wall_s"]) if n1 and n2 else None,
                          "cpu_slope": slope(n1, a["cpu_s"], n2, b["cpu_s"]) if n1 and n2 else None,
                          "anon_slope": slope(n1, a["peak_anon_mb"], n2, b["peak_anon_mb"]) if n1 and n2 else None})
     return rows
+
+
+def cpu_label(r: dict) -> str:
+    return f"{r['cpu']} ({r.get('int8_kernels') or '?'})" if r.get("cpu") else "-"
 
 
 def data_label(r: dict) -> str:
@@ -435,7 +445,8 @@ def report(records: list[dict], meta: dict) -> list[str]:
              f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}, Python {meta['python']}.",
              "Runs (command, date, git sha, load average 1/5/15 min before -> after):", ""]
     for run in meta["runs"]:
-        lines.append(f"- `{run['command']}` — {run['date']}, git {run['git_sha']}, load {run['load_before']} -> "
+        cpu = f"{run['cpu']}, int8 kernels {run['int8_kernels']}" if run.get("cpu") else "CPU not recorded"
+        lines.append(f"- `{run['command']}` — {run['date']}, git {run['git_sha']}, {cpu}, load {run['load_before']} -> "
                      f"{run['load_after']}, ONNX export warm-up {run['onnx_warmup_s']} s (outside the numbers)")
     lines += ["", "10k = amazon-beauty (real: 12,101 items, 198,502 interactions). 100k / 1m = **SYNTHETIC** "
               "catalogues from benchmarks/synthetic.py (seed 0; 100k items / 1M interactions, 1M / 10M, "
@@ -464,13 +475,15 @@ def report(records: list[dict], meta: dict) -> list[str]:
     slopes = [s for s in add_slopes(records) if s["stage"] != "generate"]
     lines += ["", "## Log-log slopes between consecutive sizes", "",
               "slope = log(t2/t1) / log(n2/n1) over the item counts after validation (over the interaction counts "
-              "where the item counts are equal, 1m -> 100m): 1 = linear, 0 = flat.", "",
-              "| stage | runner | backend | overrides | sizes | by | wall slope | CPU slope | peak anon slope |",
-              "|---|---|---|---|---|---|---:|---:|---:|"]
+              "where the item counts are equal, 1m -> 100m): 1 = linear, 0 = flat. Only sizes measured on the same "
+              "CPU (model, int8 kernel class) are paired; `-` = records from before the CPU was recorded.", "",
+              "| stage | runner | backend | overrides | CPU | sizes | by | wall slope | CPU slope | peak anon slope |",
+              "|---|---|---|---|---|---|---|---:|---:|---:|"]
     for s in sorted(slopes, key=lambda s: (order.get(s["stage"], 99), s["task_runner"] or "")):
         lines.append(f"| {s['stage']}{' (seeded vectors)' if s.get('seeded_vectors') else ''} | "
                      f"{s['task_runner'] or 'CLI'} | {s['backend']} | "
-                     f"{' '.join(s['overrides']) or '-'} | {s['from']} -> {s['to']} | {s.get('by', 'items')} | "
+                     f"{' '.join(s['overrides']) or '-'} | {cpu_label(s)} | {s['from']} -> {s['to']} | "
+                     f"{s.get('by', 'items')} | "
                      f"{fmt(s['wall_slope'], 2)} | "
                      f"{fmt(s['cpu_slope'], 2)} | {fmt(s['anon_slope'], 2)} |")
     for size in SIZES:
@@ -524,11 +537,13 @@ def main(argv: list[str] | None = None) -> None:
         write_report(args.out, report(doc["records"], {**doc["machine"], "runs": doc["runs"]}))
         return
 
+    from semid.models.encoder import int8_kernels
     from semid.tasks.tracking import git_sha
 
     meta = machine()
     run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
-           "git_sha": git_sha(), "date": meta["date"], "load_before": [round(x, 2) for x in os.getloadavg()]}
+           "git_sha": git_sha(), "date": meta["date"], "cpu": meta["cpu"], "int8_kernels": int8_kernels(),
+           "load_before": [round(x, 2) for x in os.getloadavg()]}
     onnx_dir = args.scratch / "onnx"
     run["onnx_warmup_s"] = warm_onnx(args.backend, onnx_dir) if args.until != "validate" else 0.0
     path = OUT / f"{args.out}.json"

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from benchmarks.scale import measure, slope, status_kb, tree_pids
+from benchmarks.scale import add_slopes, measure, slope, status_kb, tree_pids
 
 # A parent that starts a child: the child holds a 200 MB numpy array (touched, so it is resident), the parent only
 # waits. The sampler must see the child's memory through the tree, not just the process it started.
@@ -26,6 +26,20 @@ def test_slope_is_the_exponent_of_a_power_law():
     assert slope(12_101, 3.0, 100_000, 12.0) == pytest.approx(math.log(4) / math.log(100_000 / 12_101))
     assert slope(10, 1.0, 10, 2.0) is None  # same size: undefined
     assert slope(10, 0.0, 100, 2.0) is None  # zero time: undefined
+
+
+def test_slopes_pair_sizes_measured_on_the_same_cpu_only():
+    def rec(size, items, wall, cpu=None, kernels=None):
+        r = {"size": size, "items": items, "stage": "embed", "task_runner": None, "backend": "onnx-int8",
+             "overrides": [], "wall_s": wall, "cpu_s": wall, "peak_anon_mb": 100.0}
+        return {**r, "cpu": cpu, "int8_kernels": kernels} if cpu else r  # old records carry no CPU
+
+    old = [rec("10k", 10_000, 10.0), rec("100k", 100_000, 100.0)]
+    vnni = [rec("100k", 100_000, 50.0, "EPYC", "avx512vnni"), rec("1m", 1_000_000, 500.0, "EPYC", "avx512vnni")]
+    avx2_1m = rec("1m", 1_000_000, 2000.0, "EPYC", "avx2")
+    rows = add_slopes([*old, *vnni, avx2_1m])
+    pairs = {(r["from"], r["to"], r["int8_kernels"]): r["wall_slope"] for r in rows}
+    assert pairs == {("10k", "100k", None): pytest.approx(1.0), ("100k", "1m", "avx512vnni"): pytest.approx(1.0)}
 
 
 def test_sampler_sees_anonymous_memory_of_a_grandchild():
