@@ -168,8 +168,10 @@ def semid_bin() -> str:
 
 
 def record_key(r: dict) -> tuple:
+    """A new record replaces its namesake: same size, stage, runner, backend, overrides and CPU (a run on another
+    CPU is another measurement, kept beside it)."""
     return (r["size"], r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []),
-            bool(r.get("seeded_vectors")))
+            bool(r.get("seeded_vectors")), r.get("cpu"), r.get("int8_kernels"))
 
 
 def seed_cache(synth: Path, items_parquet: Path, cache: Path, block: int = 100_000) -> int:
@@ -459,16 +461,17 @@ def report(records: list[dict], meta: dict) -> list[str]:
               "means more than one core was busy. `generate` is the synthetic generator, not a pipeline stage.",
               ""]
     key = lambda r: ({"10k": 0, "100k": 1, "1m": 2, "100m": 3}.get(r["size"], 9), r.get("task_runner") or "",  # noqa: E731
-                     r["backend"], tuple(r.get("overrides") or []), order.get(r["stage"], 99))
-    lines += ["| size | data | items | interactions | runner | backend | overrides | stage | wall s | CPU s | "
+                     r["backend"], tuple(r.get("overrides") or []), r.get("cpu") or "", order.get(r["stage"], 99))
+    lines += ["| size | data | items | interactions | runner | backend | overrides | CPU | stage | wall s | CPU s | "
               "items/s | peak anon MB | VmHWM sum MB | procs | encoded |",
-              "|---|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=key):
         enc = (r.get("embed_manifest") or {}).get("encoded")
         lines.append(f"| {r['size']} | {data_label(r)} | {fmt(r['items'])} | "
                      f"{fmt(r.get('interactions'))} | "
                      f"{r.get('task_runner') or 'CLI'} | {r['backend']} | {' '.join(r.get('overrides') or []) or '-'}"
-                     f" | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['items_per_s'])} | "
+                     f" | {cpu_label(r)} | {r['stage']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | "
+                     f"{fmt(r['items_per_s'])} | "
                      f"{fmt(r['peak_anon_mb'])} | {fmt(r['hwm_sum_mb'])} | {r['processes']} | "
                      f"{fmt(enc) if enc is not None else '-'} |")
     lines += quality_lines(records) + run_lines(records)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from benchmarks.scale import add_slopes, measure, slope, status_kb, tree_pids
+from benchmarks.scale import add_slopes, measure, record_key, slope, status_kb, tree_pids
 
 # A parent that starts a child: the child holds a 200 MB numpy array (touched, so it is resident), the parent only
 # waits. The sampler must see the child's memory through the tree, not just the process it started.
@@ -40,6 +40,15 @@ def test_slopes_pair_sizes_measured_on_the_same_cpu_only():
     rows = add_slopes([*old, *vnni, avx2_1m])
     pairs = {(r["from"], r["to"], r["int8_kernels"]): r["wall_slope"] for r in rows}
     assert pairs == {("10k", "100k", None): pytest.approx(1.0), ("100k", "1m", "avx512vnni"): pytest.approx(1.0)}
+
+
+def test_a_rerun_replaces_its_namesake_on_the_same_cpu_only():
+    r = {"size": "1m", "stage": "embed", "task_runner": None, "backend": "onnx-int8",
+         "overrides": ["data.engine=duckdb"]}
+    vnni = {**r, "cpu": "EPYC", "int8_kernels": "avx512vnni"}
+    assert record_key(vnni) == record_key({**vnni, "wall_s": 1.0})
+    assert record_key(vnni) != record_key(r)  # an old record without a CPU is kept beside a new one
+    assert record_key(vnni) != record_key({**vnni, "int8_kernels": "avx2"})
 
 
 def test_sampler_sees_anonymous_memory_of_a_grandchild():
