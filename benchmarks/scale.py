@@ -357,8 +357,7 @@ def add_slopes(records: list[dict]) -> list[dict]:
     other only."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["stage"], r.get("task_runner"), r["backend"], tuple(r.get("overrides") or []),
-                           bool(r.get("seeded_vectors")), r.get("cpu"), r.get("int8_kernels")), []).append(r)
+        groups.setdefault(record_key(r)[1:], []).append(r)  # the namesake key without the size
     rows = []
     for (stage, runner, backend, ov, seeded, cpu, kernels), rs in groups.items():
         rs = sorted(rs, key=lambda r: (r["items"] or 0, r.get("interactions") or 0))
@@ -447,7 +446,7 @@ def report(records: list[dict], meta: dict) -> list[str]:
              f"Machine: {meta['platform']}, {meta['cpus']} CPUs, torch {meta['torch']}, Python {meta['python']}.",
              "Runs (command, date, git sha, load average 1/5/15 min before -> after):", ""]
     for run in meta["runs"]:
-        cpu = f"{run['cpu']}, int8 kernels {run['int8_kernels']}" if run.get("cpu") else "CPU not recorded"
+        cpu = cpu_label(run) if run.get("cpu") else "CPU not recorded"
         lines.append(f"- `{run['command']}` — {run['date']}, git {run['git_sha']}, {cpu}, load {run['load_before']} -> "
                      f"{run['load_after']}, ONNX export warm-up {run['onnx_warmup_s']} s (outside the numbers)")
     lines += ["", "10k = amazon-beauty (real: 12,101 items, 198,502 interactions). 100k / 1m = **SYNTHETIC** "
