@@ -92,7 +92,7 @@ class SequentialRecommender(nn.Module):
             parts = local[1:].split([seq.numel(), target.numel(), neg.numel()])
             local_seq, local_target, local_neg = (x.view_as(y) for x, y in zip(parts, (seq, target, neg), strict=True))
         h = self.encode(local_seq, table)
-        return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table[local_neg]) + aux
+        return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table, rows=local_neg) + aux
 
     @torch.no_grad()
     def score(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,20 +132,35 @@ class NegativeSampler:
         return flat.view(max(positions, 1), self.k)[:positions]
 
     def loss(self, h: torch.Tensor, target: torch.Tensor, neg: torch.Tensor, target_vecs: torch.Tensor,
-             neg_vecs: torch.Tensor) -> torch.Tensor:
+             neg_vecs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax over each position's target and its negatives; h [P, d], target [P] item ids with
-        target_vecs [P, d] their vectors, neg [K] shared item ids with neg_vecs [K, d], or [P, K] with [P, K, d]."""
+        target_vecs [P, d] their vectors, neg [K] shared item ids with neg_vecs [K, d], or [P, K] with [P, K, d].
+        rows: neg_vecs is then a table [U, d] and rows (the shape of neg) the negatives' rows in it."""
         pos = (h * target_vecs).sum(-1, keepdim=True)
+        negs = self.neg_logits(h, neg_vecs, rows)
         if neg.ndim == 1:
-            negs, neg = h @ neg_vecs.T, neg[None, :]
-        else:
-            negs = torch.bmm(neg_vecs, h[:, :, None])[:, :, 0]
+            neg = neg[None, :]
         if self.logq:
             pos = pos - torch.log(self.k * self.q[target - 1])[:, None]
             negs = negs - torch.log(self.k * self.q[neg - 1])
         negs = negs.masked_fill(neg == target[:, None], float("-inf"))
         logits = torch.cat([pos, negs], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long))
+
+    @staticmethod
+    def neg_logits(h: torch.Tensor, neg_vecs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """h [P, d] against the negatives, [P, K]: neg_vecs [K, d] shared or [P, K, d] per position; with rows
+        ([K] or [P, K]) neg_vecs is a table [U, d] they index. Per position, the [P, K, d] gather moves P*K*d floats
+        and its backward scatters P*K rows; when P*K > U, one [P, U] product with the table and then picking each
+        position's K columns gives the same logits for less (RecTools' 256 negatives per position at 256
+        dimensions on Beauty: P*K ~ 230k gathered rows against U ~ 12k table rows)."""
+        if rows is not None:
+            if rows.ndim == 2 and rows.numel() > neg_vecs.shape[0]:
+                return (h @ neg_vecs.T).gather(1, rows)
+            neg_vecs = neg_vecs[rows]
+        if neg_vecs.ndim == 2:
+            return h @ neg_vecs.T
+        return torch.bmm(neg_vecs, h[:, :, None])[:, :, 0]
 
 
 def build_recommender(n_items: int, p: RecommendParams, codes: np.ndarray | None = None,

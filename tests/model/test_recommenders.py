@@ -423,6 +423,29 @@ def test_per_position_negatives_by_hand():
         assert built.draw(torch.Generator().manual_seed(0), positions=5).shape == shape
 
 
+@pytest.mark.parametrize("positions", [1, 3, 20])
+def test_per_position_negative_logits_from_the_table_equal_the_gathered_ones(positions):
+    """With many negatives per position the logits come from one product with the whole table and a column pick
+    instead of a [P, K, d] gather (P x K > U rows): the same logits and the same gradients for h and the table as
+    the gather, on both sides of the switch (P x K = 5, 15 and 100 against U = 9 rows)."""
+    from semid.models.seqrec import NegativeSampler
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 4, generator=gen, requires_grad=True)
+    h = torch.randn(positions, 4, generator=gen, requires_grad=True)
+    rows = torch.randint(0, 9, (positions, 5), generator=gen)
+    got = NegativeSampler.neg_logits(h, table, rows)
+    ref = torch.bmm(table[rows], h[:, :, None])[:, :, 0]
+    assert got.shape == (positions, 5) and torch.allclose(got, ref, atol=1e-6)
+    weights = torch.randn(positions, 5, generator=gen)
+    grads = torch.autograd.grad((got * weights).sum(), (h, table))
+    refs = torch.autograd.grad((ref * weights).sum(), (h, table))
+    for g, r in zip(grads, refs, strict=True):
+        assert torch.allclose(g, r, atol=1e-5)
+    shared = NegativeSampler.neg_logits(h, table, rows[0])
+    assert torch.allclose(shared, h @ table[rows[0]].T, atol=1e-6)
+
+
 @pytest.mark.parametrize("item_repr", ["id", "semantic", "unified"])
 def test_table_built_in_chunks_without_autograd_equals_the_whole_build(item_repr):
     """Evaluation builds the item table chunk by chunk (bounded memory at 1M items): bit-identical to the autograd
