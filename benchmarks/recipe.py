@@ -48,7 +48,9 @@ def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> 
 
     cfg = load_config(PARAMS, [f"data.dataset={name}", *sets, f"recommend.item_repr={item_repr}",
                                f"recommend.seed={seed}"])
-    out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec")
+    tag = f"{variant}/{item_repr}/seed {seed}"
+    out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec", on_epoch=lambda r: print(
+        f"  {tag} epoch {r['epoch']}: " + " ".join(f"{k} {v:.4g}" for k, v in r.items() if k != "epoch"), flush=True))
     m = out["metrics"]
     keys = [f"{split}_{proto}_{k}" for split in ("valid", "test") for proto in ("full", "full_masked")
             for k in ("recall@10", "ndcg@10")]

@@ -112,6 +112,7 @@ class RecommendParams(Strict):
     heads: int = Field(2, ge=1)
     block: Literal["pre_ln", "post_ln", "sasrec"] = "pre_ln"  # norm placement; post_ln: RecBole, sasrec: RecTools
     init: Literal["normal", "xavier"] = "normal"  # xavier: RecTools' init (every matrix, ID table unscaled at input)
+    pad_keys: bool = False  # block sasrec: queries also attend to the left-pad slots, as RecTools' SASRec does
     ffn_dim: int | None = Field(None, ge=1)  # feed-forward width of each block; null: the item dimension
     activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation (RecBole's SASRec: gelu)
     position_std: float = Field(0.02, gt=0)  # init std of the position table (items start at 0.02 x sqrt(d))

@@ -1,6 +1,7 @@
 """SASRec (Kang & McAuley 2018): causal self-attention over the right-padded item sequence; pre-norm blocks by
 default, RecBole's post-norm layout (LayerNorm on the embedding sum, then residual + LayerNorm per sublayer), or the
-original SASRec block as RecTools has it (the query alone normed, residuals from the normed inputs)."""
+original SASRec block as RecTools has it (the query alone normed, residuals from the normed inputs; with pad_keys its
+queries also attend to the left-pad slots, as RecTools' left-padded, key-unmasked attention does)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,19 @@ class SASRecBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU() if activation == "gelu" else nn.ReLU(),
                                  nn.Dropout(dropout), nn.Linear(ffn_dim, d), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pad_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """pad_bias [B]: prepend one zero key/value slot (a pad: its key and value are the projection biases) whose
+        attention logit gets pad_bias added, log(number of pads) or -inf: n identical pad slots in one."""
         q = self.q_norm(x)
-        h = q + self.attn(q, x, x, attn_mask=mask, need_weights=False)[0]
+        keys = x
+        if pad_bias is not None:
+            b, t, _ = x.shape
+            keys = torch.cat([x.new_zeros(b, 1, x.shape[2]), x], 1)
+            full = torch.zeros(b, t, t + 1, dtype=x.dtype, device=x.device)
+            full[:, :, 1:] = full[:, :, 1:].masked_fill(mask, float("-inf"))
+            full[:, :, 0] = pad_bias[:, None]
+            mask = full.repeat_interleave(self.attn.num_heads, 0)
+        h = q + self.attn(q, keys, keys, attn_mask=mask, need_weights=False)[0]
         f = self.ff_norm(h)
         return f + self.ffn(f)
 
@@ -51,9 +62,9 @@ class SASRecBlocks(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(SASRecBlock(*args) for _ in range(layers))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, pad_bias: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
-            h = layer(h, mask)
+            h = layer(h, mask, pad_bias)
         return h
 
 
@@ -62,7 +73,8 @@ class SASRec(SequentialRecommender):
 
     def __init__(self, items: ItemTable, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5,
                  positions: str = "forward", block: str = "pre_ln", ffn_dim: int | None = None,
-                 activation: str = "relu", position_std: float = 0.02, init: str = "normal"):
+                 activation: str = "relu", position_std: float = 0.02, init: str = "normal",
+                 pad_keys: bool = False):
         super().__init__()
         if positions not in ("forward", "backward"):
             raise ValueError(f"positions must be 'forward' or 'backward', not {positions!r}")
@@ -70,7 +82,9 @@ class SASRec(SequentialRecommender):
             raise ValueError(f"block must be one of {BLOCKS}, not {block!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, not {init!r}")
-        self.positions, self.block, self.init = positions, block, init
+        if pad_keys and block != "sasrec":
+            raise ValueError(f"pad_keys needs block='sasrec' (RecTools' layout), not {block!r}")
+        self.positions, self.block, self.init, self.pad_keys = positions, block, init, pad_keys
         d = items.dim
         if d % heads:
             raise ValueError(f"item dimension {d} is not divisible by heads={heads}")
@@ -100,7 +114,7 @@ class SASRec(SequentialRecommender):
     def from_params(cls, items: ItemTable, p: RecommendParams) -> SASRec:
         return cls(items, max_len=p.max_len, layers=p.layers, heads=p.heads, dropout=p.dropout, positions=p.positions,
                    block=p.block, ffn_dim=p.ffn_dim, activation=p.activation, position_std=p.position_std,
-                   init=p.init)
+                   init=p.init, pad_keys=p.pad_keys)
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """seq [B, T] right-padded item indices (0 = pad) -> hidden [B, T, d]. Pads never reach real positions
@@ -110,5 +124,10 @@ class SASRec(SequentialRecommender):
         if self.input_norm is not None:
             h = self.input_norm(h)
         h = self.drop(h * (seq > 0).unsqueeze(-1))
-        h = self.blocks(h, mask=self.causal[:t, :t])
+        if self.pad_keys:  # RecTools left-pads to max_len and masks no key: every query also sees max_len - L pads
+            pads = (self.max_len - (seq > 0).sum(1)).clamp(min=0)
+            bias = torch.where(pads > 0, pads.clamp(min=1).to(h.dtype).log(), float("-inf"))
+            h = self.blocks(h, mask=self.causal[:t, :t], pad_bias=bias)
+        else:
+            h = self.blocks(h, mask=self.causal[:t, :t])
         return self.norm(h)

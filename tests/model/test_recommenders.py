@@ -103,6 +103,41 @@ def test_sasrec_block_by_hand():
     assert model.norm.eps == 1e-8
 
 
+def test_pad_keys_equal_rectools_left_padded_attention():
+    """pad_keys: our right-padded blocks with one pad slot weighted by log(number of pads) give the same hidden states
+    at every real position as RecTools' computation: left-padded to max_len, pads zeroed before each block and the
+    causal mask alone (no key padding mask), so each query also attends to every pad. Lengths 1, 3 and max_len (no
+    pad: the slot is off); two blocks, two heads. Without pad_keys the outputs differ where there are pads."""
+    torch.manual_seed(0)
+    d, max_len = 8, 6
+    model = SASRec(ItemTable(20, "id", id_dim=d), max_len=max_len, layers=2, heads=2, dropout=0.0, block="sasrec",
+                   pad_keys=True).eval()
+    lengths = [1, 3, max_len]
+    right = torch.zeros(3, max_len, d)
+    for i, n in enumerate(lengths):
+        right[i, :n] = torch.randn(n, d)
+    pads = torch.tensor([max_len - n for n in lengths])
+    bias = torch.where(pads > 0, pads.clamp(min=1).float().log(), float("-inf"))
+    with torch.no_grad():
+        got = model.blocks(right, model.causal, pad_bias=bias)
+        plain = model.blocks(right, model.causal)
+        for i, n in enumerate(lengths):
+            keep = (torch.arange(max_len) >= max_len - n).float()[None, :, None]
+            left = torch.cat([torch.zeros(max_len - n, d), right[i, :n]])[None]
+            for layer in model.blocks.layers:
+                left = layer(left * keep, model.causal)
+            assert torch.allclose(got[i, :n], left[0, max_len - n:], atol=1e-5), n
+            assert torch.allclose(got[i, :n], plain[i, :n], atol=1e-5) == (n == max_len), n
+    seq = torch.tensor([[3, 4, 0, 0, 0, 0]])
+    with torch.no_grad():
+        table = model.items()[0]
+        with_pads = model.encode(seq, table)
+        model.pad_keys = False
+        assert not torch.allclose(with_pads[:, :2], model.encode(seq, table)[:, :2])
+    with pytest.raises(ValueError, match="pad_keys needs block='sasrec'"):
+        SASRec(ItemTable(5, "id", id_dim=8), block="pre_ln", pad_keys=True)
+
+
 def test_xavier_init_is_rectools_and_keeps_the_codebooks():
     """recommend.init=xavier (set as an override): the ID table and the position table are xavier-normal (std
     sqrt(2 / (fan_in + fan_out))) and item rows enter unscaled; a unified table keeps its codebook rows; the default
