@@ -1,10 +1,10 @@
 """SASRec training-recipe ablations: named variants (config overrides) x item representations x seeds on one
 dataset; the recipe is chosen on validation NDCG@10 (history masked), and the test numbers are reported beside.
 
-Each finished run appends one record to benchmarks/results/recipe.jsonl (so parallel invocations, e.g. one per
-seed with --threads 1, can share the file); recipe.md is rendered from all records: mean +- std over seeds per
-(dataset, variant, item repr), the most-popular baseline of the same split, each record's codebook hash and git
-sha, then the hand-written recipe.findings.md.
+Each finished run appends one record, with its per-epoch validation curve, to benchmarks/results/recipe.jsonl (so
+parallel invocations, e.g. one per seed with --threads 1, can share the file); recipe.md is rendered from all
+records: mean +- std over seeds per (dataset, variant, item repr), the most-popular baseline of the same split, each
+record's codebook hash and git sha, then the hand-written recipe.findings.md.
 
     python benchmarks/recipe.py ml-100k --variant default --variant 'windows:recommend.every_window=true' \
         --reprs unified --seeds 0 1 2 3 4
@@ -48,15 +48,21 @@ def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> 
 
     cfg = load_config(PARAMS, [f"data.dataset={name}", *sets, f"recommend.item_repr={item_repr}",
                                f"recommend.seed={seed}"])
-    tag = f"{variant}/{item_repr}/seed {seed}"
-    out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec", on_epoch=lambda r: print(
-        f"  {tag} epoch {r['epoch']}: " + " ".join(f"{k} {v:.4g}" for k, v in r.items() if k != "epoch"), flush=True))
+    tag, curve = f"{variant}/{item_repr}/seed {seed}", []
+
+    def on_epoch(r: dict) -> None:
+        curve.append(round(r[f"valid_{cfg.recommend.monitor}"], 5))
+        print(f"  {tag} epoch {r['epoch']}: " + " ".join(f"{k} {v:.4g}" for k, v in r.items() if k != "epoch"),
+              flush=True)
+
+    out = recommend(name, cfg, out=Path(tempfile.mkdtemp()) / "rec", on_epoch=on_epoch)
     m = out["metrics"]
     keys = [f"{split}_{proto}_{k}" for split in ("valid", "test") for proto in ("full", "full_masked")
             for k in ("recall@10", "ndcg@10")]
     return {"dataset": name, "variant": variant, "sets": sets, "item_repr": item_repr, "seed": seed,
             **{k: m[k] for k in keys}, **{f"baseline_{k}": m[f"baseline_{k}"] for k in keys},
             "epochs": m["epochs"], "best_epoch": m["best_epoch"], "seconds_per_epoch": m["seconds_per_epoch"],
+            "valid_curve": curve,  # the raw monitored validation score of every epoch
             "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None,
             "git": git_sha()[:12]}
 
