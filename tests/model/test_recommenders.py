@@ -458,21 +458,29 @@ def test_per_position_negatives_by_hand():
         assert built.draw(torch.Generator().manual_seed(0), positions=5).shape == shape
 
 
-@pytest.mark.parametrize("positions", [1, 3, 20])
-def test_per_position_negative_logits_from_the_table_equal_the_gathered_ones(positions):
-    """With many negatives per position the logits come from one product with the whole table and a column pick
-    instead of a [P, K, d] gather (P x K > U rows): the same logits and the same gradients for h and the table as
-    the gather, on both sides of the switch (P x K = 5, 15 and 100 against U = 9 rows)."""
+@pytest.mark.parametrize(("positions", "n_rows", "k", "product"),
+                         [(1, 9, 5, False), (3, 9, 5, True), (20, 9, 5, True), (200, 101, 1, False)])
+def test_per_position_negative_logits_from_the_table_equal_the_gathered_ones(positions, n_rows, k, product,
+                                                                             monkeypatch):
+    """Per-position negatives take their logits from one product with the batch's table and a column pick instead
+    of a [P, K, d] gather when P x K exceeds the U table rows and U <= 100 K: the same logits and the same gradients
+    for h and the table as the gather, on every side of the switch (P x K = 5 <= U = 9; 15 and 100 > 9; U = 101 >
+    100 K)."""
+    from semid.models import seqrec
     from semid.models.seqrec import NegativeSampler
 
     gen = torch.Generator().manual_seed(0)
-    table = torch.randn(9, 4, generator=gen, requires_grad=True)
+    table = torch.randn(n_rows, 4, generator=gen, requires_grad=True)
     h = torch.randn(positions, 4, generator=gen, requires_grad=True)
-    rows = torch.randint(0, 9, (positions, 5), generator=gen)
+    rows = torch.randint(0, n_rows, (positions, k), generator=gen)
+    used = []
+    monkeypatch.setattr(seqrec.torch, "bmm", lambda *a: used.append("gather") or torch.matmul(*a))
     got = NegativeSampler.neg_logits(h, table, rows)
+    assert used == ([] if product else ["gather"])
+    monkeypatch.undo()
     ref = torch.bmm(table[rows], h[:, :, None])[:, :, 0]
-    assert got.shape == (positions, 5) and torch.allclose(got, ref, atol=1e-6)
-    weights = torch.randn(positions, 5, generator=gen)
+    assert got.shape == (positions, k) and torch.allclose(got, ref, atol=1e-6)
+    weights = torch.randn(positions, k, generator=gen)
     grads = torch.autograd.grad((got * weights).sum(), (h, table))
     refs = torch.autograd.grad((ref * weights).sum(), (h, table))
     for g, r in zip(grads, refs, strict=True):
