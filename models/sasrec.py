@@ -38,18 +38,11 @@ class SASRecBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU() if activation == "gelu" else nn.ReLU(),
                                  nn.Dropout(dropout), nn.Linear(ffn_dim, d), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, pad_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """pad_bias [B]: prepend one zero key/value slot (a pad: its key and value are the projection biases) whose
-        attention logit gets pad_bias added, log(number of pads) or -inf: n identical pad slots in one."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pad_slot: bool = False) -> torch.Tensor:
+        """pad_slot: prepend one zero key/value slot (a pad: its key and value are the projection biases); `mask`
+        is then SASRecBlocks.pad_mask's float mask over the T + 1 keys."""
         q = self.q_norm(x)
-        keys = x
-        if pad_bias is not None:
-            b, t, _ = x.shape
-            keys = torch.cat([x.new_zeros(b, 1, x.shape[2]), x], 1)
-            full = torch.zeros(b, t, t + 1, dtype=x.dtype, device=x.device)
-            full[:, :, 1:] = full[:, :, 1:].masked_fill(mask, float("-inf"))
-            full[:, :, 0] = pad_bias[:, None]
-            mask = full.repeat_interleave(self.attn.num_heads, 0)
+        keys = torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x], 1) if pad_slot else x
         h = q + self.attn(q, keys, keys, attn_mask=mask, need_weights=False)[0]
         f = self.ff_norm(h)
         return f + self.ffn(f)
@@ -63,9 +56,20 @@ class SASRecBlocks(nn.Module):
         self.layers = nn.ModuleList(SASRecBlock(*args) for _ in range(layers))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, pad_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """pad_bias [B]: every query also attends to one zero pad slot whose logit gets pad_bias added, log(number of
+        pads) or -inf: n identical pad slots in one. Its mask is built once for all the layers."""
+        if pad_bias is not None:
+            mask = self.pad_mask(mask, pad_bias, h.dtype)
         for layer in self.layers:
-            h = layer(h, mask, pad_bias)
+            h = layer(h, mask, pad_bias is not None)
         return h
+
+    def pad_mask(self, causal: torch.Tensor, pad_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B * heads, T, T + 1] float attention mask: column 0 the pad slot's pad_bias, then the causal mask."""
+        t = causal.shape[0]
+        items = torch.zeros(t, t, dtype=dtype, device=causal.device).masked_fill(causal, float("-inf"))
+        full = torch.cat([pad_bias.to(dtype)[:, None, None].expand(-1, t, 1), items.expand(len(pad_bias), t, t)], 2)
+        return full.repeat_interleave(self.layers[0].attn.num_heads, 0)
 
 
 class SASRec(SequentialRecommender):
