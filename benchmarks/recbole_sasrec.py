@@ -27,27 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.hostinfo import cpu_model  # noqa: E402
-
-
-def provenance() -> dict:
-    """Date, command, machine (with the CPU model, as every other record) and git sha, marked -dirty as
-    semid.tasks.tracking.git_sha does; without semid, which RecBole's own venv does not have."""
-    import datetime
-    import os
-    import platform
-    import shlex
-    import subprocess
-
-    here = Path(__file__).parent
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                           text=True).stdout.strip()
-    sha = git.stdout.strip()[:12]
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": shlex.join(["python", "benchmarks/recbole_sasrec.py", *sys.argv[1:]]),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}",
-            "git": (sha + ("-dirty" if dirty else "")) if sha else "unknown"}
+from benchmarks.hostinfo import provenance  # noqa: E402
 
 
 def main() -> None:
@@ -121,7 +101,7 @@ def main() -> None:
            "seconds_per_epoch": sum(epoch_seconds) / max(1, len(epoch_seconds)), "best_valid_ndcg@10":
            float(best_valid) if not isinstance(best_valid, dict) else None,
            "test": {k.lower(): float(v) for k, v in result.items()}, "train_samples": len(train.dataset),
-           **provenance()}
+           **provenance("benchmarks/recbole_sasrec.py")}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out))
 
