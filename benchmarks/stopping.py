@@ -55,7 +55,7 @@ def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
 
     start = time.perf_counter()
     summary = fit(model, optimizer(model, p), epochs=epochs, patience=epochs + 1, seed=p.seed,
-                  batches=lambda g: train_batches(split.train, p.max_len, p.batch_size, g, p.every_window),
+                  batches=lambda g: train_batches(split.train, p.max_len, p.batch_size, g, p.every_window, p.batching),
                   loss=lambda b, g: model.loss(b[0], b[1], p.loss, g, None), validate=validate)
     return {"seed": seed, "sets": sets, "valid": valid, "test": test, "epochs": epochs,
             "seconds_per_epoch": summary["seconds_per_epoch"], "wall_seconds": time.perf_counter() - start,

@@ -107,6 +107,7 @@ class RecommendParams(Strict):
     freeze_codebooks: bool = False
     max_len: int = Field(50, ge=2)
     every_window: bool = False  # train on every max_len window of long histories, not only the last
+    batching: Literal["length", "shuffled"] = "length"  # batches of equal-length sequences | users shuffled (RecTools)
     positions: Literal["forward", "backward"] = "forward"  # SASRec positions from the first or from the last item
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)

@@ -241,15 +241,18 @@ def windows(seq: np.ndarray, max_len: int, every: bool) -> list[np.ndarray]:
 
 
 def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator,
-                  every_window: bool = False):
+                  every_window: bool = False, batching: str = "length"):
     """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded.
 
-    Sequences longer than max_len + 1 give their last window, or all of them (`every_window`). Pieces are
-    grouped by length (random order within equal lengths, batches shuffled), so a batch is padded to about its
-    own length instead of max_len: most Amazon users have < 10 items."""
+    Sequences longer than max_len + 1 give their last window, or all of them (`every_window`). batching 'length'
+    groups pieces by length (random order within equal lengths, batches shuffled), so a batch is padded to about
+    its own length instead of max_len: most Amazon users have < 10 items. 'shuffled' draws every batch from one
+    random permutation of all pieces, as RecBole and RecTools do: mixed lengths in a batch, longer padding."""
+    if batching not in ("length", "shuffled"):
+        raise ValueError(f"batching must be 'length' or 'shuffled', not {batching!r}")
     usable = [w for s in train if len(s) >= 2 for w in windows(s, max_len, every_window) if len(w) >= 2]
     noise = torch.rand(len(usable), generator=gen).numpy()
-    order = np.lexsort((noise, [len(s) for s in usable]))
+    order = np.lexsort((noise, [len(s) for s in usable])) if batching == "length" else np.argsort(noise)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for b in torch.randperm(len(batches), generator=gen).tolist():
         chunk = [usable[i] for i in batches[b]]
@@ -321,7 +324,8 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
     summary = fit(model, optimizer(model, p),
                   epochs=p.epochs, patience=p.patience, seed=p.seed, min_epochs=p.min_epochs,
                   smoothing=p.smoothing,
-                  batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen, p.every_window),
+                  batches=lambda gen: train_batches(split.train, p.max_len, p.batch_size, gen, p.every_window,
+                                                    p.batching),
                   loss=lambda batch, gen: model.loss(batch[0], batch[1], p.loss, gen, sampler),
                   validate=validate, on_epoch=on_epoch)
     return {**summary, "monitor": f"valid {protocol} {p.monitor}"}

@@ -85,3 +85,24 @@ def test_recipe_rows_average_seeds_only_on_one_codebook_and_cpu():
     older = {**base, "codebook_sha256": "0f3824e27504"}  # written before records named their CPU
     assert group_key(older)[-1] == "not recorded" and group_key(older) != group_key(here)
     assert machine()["cpu"]
+
+
+def test_reference_run_provenance_names_the_script_its_arguments_and_this_commit(monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    from benchmarks.hostinfo import cpu_model
+    from benchmarks.hostinfo import provenance as reference_provenance
+
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout: the record's sha is 'unknown' by design")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout.strip()
+    monkeypatch.setattr("sys.argv", ["x.py", "data/processed/amazon-beauty", "out dir/o.json", "--epochs", "3"])
+    p = reference_provenance("benchmarks/rectools_sasrec.py")
+    assert p["command"] == ("python benchmarks/rectools_sasrec.py data/processed/amazon-beauty 'out dir/o.json' "
+                            "--epochs 3")
+    assert p["git"] == head[:12] + ("-dirty" if dirty else "")
+    assert p["machine"].endswith(cpu_model())

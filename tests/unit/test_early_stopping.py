@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from semid.models.training import EarlyStopper
@@ -40,6 +41,26 @@ def test_smoothing_compares_the_moving_average():
     plain = EarlyStopper(patience=2)  # unsmoothed, the spike at epoch 1 is the best score
     [plain.step(model, s, e) for e, s in enumerate([0.2, 0.6, 0.1, 0.5])]
     assert plain.best == 0.6
+
+
+def test_batching_by_length_or_shuffled_covers_every_sequence_once():
+    from semid.models.seqrec import train_batches
+
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 50, size=int(n)) for n in rng.integers(2, 12, size=300)]
+    for batching in ("length", "shuffled"):
+        batches = list(train_batches(train, max_len=20, batch_size=16, gen=torch.Generator().manual_seed(1),
+                                     batching=batching))
+        seen = sorted(tuple((torch.cat([x[i, :1], y[i][y[i] > 0]]) - 1).tolist())
+                      for x, y in batches for i in range(len(x)))
+        assert seen == sorted(tuple(s.tolist()) for s in train)
+        lengths = [set((y > 0).sum(1).tolist()) for _, y in batches]
+        if batching == "length":  # sorted by length: at most two lengths meet in a batch
+            assert all(len(ls) <= 2 for ls in lengths)
+        else:  # a random permutation: batches of mixed lengths
+            assert sum(len(ls) > 2 for ls in lengths) > len(batches) // 2
+    with pytest.raises(ValueError, match="batching"):
+        next(train_batches(train, 20, 16, torch.Generator(), batching="sorted"))
 
 
 def test_every_window_uses_each_transition_once():
