@@ -107,12 +107,12 @@ def callbacks(work: Path, patience: int) -> list:
             EarlyStopping(monitor="recall@10", mode="max", patience=patience), Timer()]
 
 
-def test_metrics(model, dataset, test: pd.DataFrame, n_users: int) -> dict:
+def test_metrics(model, dataset, test: pd.DataFrame) -> dict:
     """Recall and NDCG at KS of each user's held-out last item, history-masked and unmasked; RecTools' Rank is
-    1-based and every user counts in the denominator."""
+    1-based and every user (one test row each) counts in the denominator."""
     from rectools import Columns
 
-    out = {}
+    out, n_users = {}, len(test)
     for masked in (False, True):
         reco = model.recommend(users=test["user_id"].values, dataset=dataset, k=max(KS), filter_viewed=masked,
                                on_unsupported_targets="warn")
@@ -176,7 +176,7 @@ def main() -> None:
            "seconds_per_epoch": sum(timer.train) / max(1, len(timer.train)),
            "valid_seconds_per_epoch": sum(timer.valid) / max(1, len(timer.valid)),
            "valid_curve": valid.curve, "best_valid_masked_recall@10": max(c["recall@10"] for c in valid.curve),
-           "test": test_metrics(model, dataset, test, len(test)), "users": len(test),
+           "test": test_metrics(model, dataset, test), "users": len(test),
            "catalogue": len(catalogue), "test_targets_outside_catalogue": int((~test["item_id"].isin(catalogue)).sum()),
            "train_rows": len(model.data_preparator.train_dataset.interactions.df),
            "params": model.get_params(simple_types=True), **provenance("benchmarks/rectools_sasrec.py")}
