@@ -27,6 +27,8 @@ from semid.models.training import fit
 
 PROTOCOLS = ("full", "full_masked", "sampled99")
 PRODUCT_ROWS_PER_NEGATIVE = 100  # per-position negatives: whole-table product up to 100 table rows per negative
+GROUP_COST = 256  # padding groups: the fixed cost of one more group, in padded slots (measured, see padding_groups)
+Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class NotEnoughHistory(ValueError):
@@ -50,18 +52,22 @@ class SequentialRecommender(nn.Module):
         h = self.encode(seq, table)
         return h[torch.arange(len(seq)), lengths - 1]
 
-    def loss(self, seq: torch.Tensor, target: torch.Tensor, kind: str = "ce",
+    def loss(self, seq: Tensors, target: Tensors, kind: str = "ce",
              generator: torch.Generator | None = None, sampler: NegativeSampler | None = None) -> torch.Tensor:
         """Next-item loss over every real position. kind: 'ce' (full softmax), 'bce' (1 sampled negative) or
-        'sampled' (softmax over the target and the sampler's shared negatives: no B x T x N logits)."""
+        'sampled' (softmax over the target and the sampler's shared negatives: no B x T x N logits).
+
+        seq and target are [B, T], or tuples of them: one batch in padding groups, each padded to its own longest
+        (train_batches, 'shuffled'). The loss is the batch's: the same as over one [B, T] padded to the longest,
+        because attention is causal and pads only follow real items; only the padded slots are not computed."""
+        seqs, targets = (tuple(seq), tuple(target)) if isinstance(seq, (tuple, list)) else ((seq,), (target,))
+        tv = torch.cat([t[t > 0] for t in targets])
         if kind == "sampled":
             if sampler is None:
                 raise ValueError("loss 'sampled' needs a NegativeSampler")
-            return self._sampled_loss(seq, target, sampler, generator)
+            return self._sampled_loss(seqs, targets, tv, sampler, generator)
         table, aux = self.items()
-        h = self.encode(seq, table)
-        valid = target > 0
-        hv, tv = h[valid], target[valid]
+        hv = self._hidden_at_targets(seqs, targets, table)
         if kind == "ce":
             logits = hv @ table[1:].T
             return F.cross_entropy(logits, tv - 1) + aux
@@ -76,24 +82,30 @@ class SequentialRecommender(nn.Module):
         return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
                 + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))) + aux
 
-    def _sampled_loss(self, seq: torch.Tensor, target: torch.Tensor, sampler: NegativeSampler,
-                      generator: torch.Generator | None) -> torch.Tensor:
+    def _hidden_at_targets(self, seqs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...],
+                           table: torch.Tensor) -> torch.Tensor:
+        """Hidden states [P, d] at the real target positions of every padding group, in group order."""
+        hs = [self.encode(s, table)[t > 0] for s, t in zip(seqs, targets, strict=True)]
+        return hs[0] if len(hs) == 1 else torch.cat(hs)
+
+    def _sampled_loss(self, seqs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], tv: torch.Tensor,
+                      sampler: NegativeSampler, generator: torch.Generator | None) -> torch.Tensor:
         """Sampled softmax on the rows the batch touches (its sequences, targets and negatives, renumbered
         0..U-1 with padding kept at 0), so a step costs O(batch) whatever the catalogue size; the same loss as
         on the whole table. A joint RQ-VAE needs every item's encoder pass: the whole table."""
-        valid = target > 0
-        neg = sampler.draw(generator, int(valid.sum()))
+        neg = sampler.draw(generator, len(tv))
         if self.items.joint is not None:
             table, aux = self.items()
-            local_seq, local_target, local_neg = seq, target, neg
+            local_seqs, local_tv, local_neg = seqs, tv, neg
         else:
-            used, local = torch.unique(torch.cat([seq.new_zeros(1), seq.flatten(), target.flatten(), neg.flatten()]),
+            used, local = torch.unique(torch.cat([tv.new_zeros(1), *(s.flatten() for s in seqs), tv, neg.flatten()]),
                                        return_inverse=True)
             table, aux = self.items.rows(used), torch.zeros(())
-            parts = local[1:].split([seq.numel(), target.numel(), neg.numel()])
-            local_seq, local_target, local_neg = (x.view_as(y) for x, y in zip(parts, (seq, target, neg), strict=True))
-        h = self.encode(local_seq, table)
-        return sampler.loss(h[valid], target[valid], neg, table[local_target[valid]], table, rows=local_neg) + aux
+            *parts, local_tv, local_neg = local[1:].split([s.numel() for s in seqs] + [tv.numel(), neg.numel()])
+            local_seqs = tuple(x.view_as(s) for x, s in zip(parts, seqs, strict=True))
+            local_neg = local_neg.view_as(neg)
+        h = self._hidden_at_targets(local_seqs, targets, table)
+        return sampler.loss(h, tv, neg, table[local_tv], table, rows=local_neg) + aux
 
     @torch.no_grad()
     def score(self, seq: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,14 +252,35 @@ def windows(seq: np.ndarray, max_len: int, every: bool) -> list[np.ndarray]:
     return [seq[max(0, end - max_len - 1):end] for end in ends]
 
 
+def padding_groups(lengths: np.ndarray, group_cost: int = GROUP_COST) -> list[np.ndarray]:
+    """Split a batch into groups, each padded to its own longest, that minimise padded slots + group_cost per group
+    (exact, by dynamic programming over the distinct lengths). Returns index arrays, shortest lengths first."""
+    order = np.argsort(lengths, kind="stable")
+    values, counts = np.unique(lengths[order], return_counts=True)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    best, cut = [0.0] + [np.inf] * len(values), [0] * (len(values) + 1)
+    for j in range(1, len(values) + 1):
+        for i in range(j):
+            cost = best[i] + (cum[j] - cum[i]) * values[j - 1] + group_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(values)
+    while j > 0:
+        bounds.append((cum[cut[j]], cum[j]))
+        j = cut[j]
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
 def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: torch.Generator,
                   every_window: bool = False, batching: str = "length"):
-    """Shuffled (input, target) batches: input = items[:-1], target = items[1:], both right-padded.
+    """Shuffled batches of (inputs, targets), tuples of right-padded [B_g, T_g] tensors: input = items[:-1],
+    target = items[1:].
 
     Sequences longer than max_len + 1 give their last window, or all of them (`every_window`). batching 'length'
     groups pieces by length (random order within equal lengths, batches shuffled), so a batch is padded to about
-    its own length instead of max_len: most Amazon users have < 10 items. 'shuffled' draws every batch from one
-    random permutation of all pieces, as RecBole and RecTools do: mixed lengths in a batch, longer padding."""
+    its own length instead of max_len: most Amazon users have < 10 items; each batch is one group. 'shuffled' draws
+    every batch from one random permutation of all pieces, as RecBole and RecTools do, and splits it into
+    padding_groups: the same batch and loss, without computing the slots a single [B, max_len] would pad."""
     if batching not in ("length", "shuffled"):
         raise ValueError(f"batching must be 'length' or 'shuffled', not {batching!r}")
     usable = [w for s in train if len(s) >= 2 for w in windows(s, max_len, every_window) if len(w) >= 2]
@@ -256,9 +289,10 @@ def train_batches(train: list[np.ndarray], max_len: int, batch_size: int, gen: t
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for b in torch.randperm(len(batches), generator=gen).tolist():
         chunk = [usable[i] for i in batches[b]]
-        inputs, _ = pad([s[:-1] for s in chunk], max_len)
-        targets, _ = pad([s[1:] for s in chunk], max_len)
-        yield inputs, targets
+        groups = [chunk] if batching == "length" else \
+            [[chunk[i] for i in g] for g in padding_groups(np.array([len(s) - 1 for s in chunk]))]
+        yield (tuple(pad([s[:-1] for s in g], max_len)[0] for g in groups),
+               tuple(pad([s[1:] for s in g], max_len)[0] for g in groups))
 
 
 class MostPopular:

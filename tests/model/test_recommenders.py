@@ -556,6 +556,36 @@ def test_sampled_loss_on_the_batch_rows_equals_the_whole_table(item_repr, per_po
             assert torch.allclose(got_grads[k], g, atol=1e-6), k
 
 
+@pytest.mark.parametrize("block,positions", [("pre_ln", "forward"), ("sasrec", "backward")])
+@pytest.mark.parametrize("kind", ["ce", "bce", "sampled"])
+def test_a_batch_in_padding_groups_has_the_loss_and_gradients_of_the_padded_batch(kind, block, positions):
+    """train_batches' 'shuffled' batches come as groups, each padded to its own longest; the loss and every gradient
+    equal those of the same rows in one [B, T] padded to the longest (causal attention, pads after real items)."""
+    from semid.models.seqrec import NegativeSampler
+
+    rc = RecommendParams(item_repr="id", id_dim=8, max_len=6, layers=2, heads=2, loss=kind, train_negatives=5,
+                         block=block, positions=positions, pad_keys=block == "sasrec")
+    torch.manual_seed(0)
+    model = build_recommender(30, rc).eval()  # no dropout: both paths see the same network
+    sampler = NegativeSampler(torch.rand(30) + 0.1, 5) if kind == "sampled" else None
+    short = torch.tensor([[3, 9, 0], [4, 0, 0]])
+    long = torch.tensor([[5, 5, 12, 30, 1, 2], [7, 8, 9, 10, 0, 0]])
+    whole = torch.cat([torch.nn.functional.pad(short, (0, 3)), long])
+    results = []
+    for seq in ((short, long), whole):
+        target = tuple(torch.where(s > 0, (s * 7) % 30 + 1, 0) for s in seq) if isinstance(seq, tuple) else \
+            torch.where(seq > 0, (seq * 7) % 30 + 1, 0)
+        model.zero_grad()
+        value = model.loss(seq, target, kind, torch.Generator().manual_seed(3), sampler)
+        value.backward()
+        grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+        results.append((float(value.detach()), grads))
+    (grouped, grouped_grads), (padded, padded_grads) = results
+    assert abs(grouped - padded) < 1e-6 and grouped_grads.keys() == padded_grads.keys() and grouped_grads
+    for k, g in padded_grads.items():
+        assert torch.allclose(grouped_grads[k], g, atol=1e-6), k
+
+
 def test_evaluation_on_a_seeded_user_sample_trains_on_everyone():
     seqs = _cycle_sequences(n_users=50)
     full, sample = Split(seqs, 30, 10, 0), Split(seqs, 30, 10, 0, eval_users=20)

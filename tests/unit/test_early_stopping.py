@@ -52,15 +52,42 @@ def test_batching_by_length_or_shuffled_covers_every_sequence_once():
         batches = list(train_batches(train, max_len=20, batch_size=16, gen=torch.Generator().manual_seed(1),
                                      batching=batching))
         seen = sorted(tuple((torch.cat([x[i, :1], y[i][y[i] > 0]]) - 1).tolist())
-                      for x, y in batches for i in range(len(x)))
+                      for xs, ys in batches for x, y in zip(xs, ys, strict=True) for i in range(len(x)))
         assert seen == sorted(tuple(s.tolist()) for s in train)
-        lengths = [set((y > 0).sum(1).tolist()) for _, y in batches]
-        if batching == "length":  # sorted by length: at most two lengths meet in a batch
+        lengths = [set(torch.cat([(y > 0).sum(1) for y in ys]).tolist()) for _, ys in batches]
+        if batching == "length":  # sorted by length: at most two lengths meet in a batch, one padding group
             assert all(len(ls) <= 2 for ls in lengths)
-        else:  # a random permutation: batches of mixed lengths
+            assert all(len(xs) == 1 for xs, _ in batches)
+        else:  # a random permutation: batches of mixed lengths, in groups padded to their own longest
             assert sum(len(ls) > 2 for ls in lengths) > len(batches) // 2
+            for xs, ys in batches:
+                for x, y in zip(xs, ys, strict=True):
+                    assert x.shape == y.shape and x.shape[1] == int((y > 0).sum(1).max())
     with pytest.raises(ValueError, match="batching"):
         next(train_batches(train, 20, 16, torch.Generator(), batching="sorted"))
+
+
+def test_padding_groups_minimise_padded_slots_plus_a_cost_per_group():
+    from itertools import combinations
+
+    from semid.models.seqrec import padding_groups
+
+    def cost(groups, lengths, c):
+        return sum(len(g) * lengths[g].max() + c for g in groups)
+
+    rng = np.random.default_rng(0)
+    for c in (0, 3, 20, 1000):
+        for _ in range(20):
+            lengths = rng.integers(1, 12, size=int(rng.integers(1, 14)))
+            groups = padding_groups(lengths, c)
+            assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+            values = np.unique(lengths)  # brute force: every way to cut the sorted distinct lengths
+            best = min(cost([np.flatnonzero((lengths > lo) & (lengths <= hi)) for lo, hi in
+                             zip((0, *cuts), (*cuts, values[-1]), strict=True)], lengths, c)
+                       for k in range(len(values)) for cuts in combinations(values[:-1].tolist(), k))
+            assert cost(groups, lengths, c) == best
+    assert len(padding_groups(np.array([2, 2, 9, 9]), 1000)) == 1  # a group costs more than its padding saves
+    assert [g.tolist() for g in padding_groups(np.array([9, 2, 9, 2]), 0)] == [[1, 3], [0, 2]]
 
 
 def test_every_window_uses_each_transition_once():
