@@ -308,26 +308,31 @@ class MostPopular:
 
 @torch.no_grad()
 def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
-             batch_size: int = 1024) -> dict[str, dict]:
-    """Metrics per protocol for the 'valid' or 'test' targets, batched matrix scoring; a batch holds at most 2^26
-    scores (256 MB: 64 users at 1M items), whatever batch_size says."""
+             batch_size: int = 1024, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict]:
+    """Metrics per protocol (all, or the `protocols` asked for: validation needs one) for the 'valid' or 'test'
+    targets, batched matrix scoring; a batch holds at most 2^26 scores (256 MB: 64 users at 1M items), whatever
+    batch_size says."""
+    if unknown := set(protocols) - set(PROTOCOLS):
+        raise ValueError(f"unknown protocols {sorted(unknown)}; known: {PROTOCOLS}")
     batch_size = max(1, min(batch_size, (1 << 26) // max(1, split.n_items)))
     table = None
     if isinstance(model, nn.Module):
         model.eval()
         table, _ = model.items()
-    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
     inputs, targets = split.eval_inputs[which], torch.from_numpy(split.targets[which])
     for start in range(0, len(inputs), batch_size):
         seq, lengths = pad(inputs[start:start + batch_size], max_len)
         tgt = targets[start:start + batch_size]
         scores = model.score(seq, lengths, table)
-        ranks["full"].append(target_ranks(scores, tgt))
-        history = torch.zeros_like(scores, dtype=torch.bool)
-        for row, s in enumerate(inputs[start:start + batch_size]):
-            history[row, torch.as_tensor(np.array(s))] = True
-        ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history))
-        if split.negatives:
+        if "full" in protocols:
+            ranks["full"].append(target_ranks(scores, tgt))
+        if "full_masked" in protocols:
+            history = torch.zeros_like(scores, dtype=torch.bool)
+            for row, s in enumerate(inputs[start:start + batch_size]):
+                history[row, torch.as_tensor(np.array(s))] = True
+            ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history))
+        if "sampled99" in protocols and split.negatives:
             neg = torch.from_numpy(split.negatives[which][start:start + batch_size])
             cand = torch.cat([tgt[:, None], neg], dim=1)
             ranks["sampled99"].append(target_ranks(scores.gather(1, cand), torch.zeros(len(tgt), dtype=torch.long)))
@@ -352,7 +357,7 @@ def train(model: SequentialRecommender, split: Split, p: RecommendParams,
     sampler = NegativeSampler.from_params(split, p) if p.loss == "sampled" else None
 
     def validate() -> tuple[float, dict[str, float]]:
-        value = evaluate(model, split, "valid", p.max_len, p.eval_batch_size)[protocol][p.monitor]
+        value = evaluate(model, split, "valid", p.max_len, p.eval_batch_size, (protocol,))[protocol][p.monitor]
         return value, {f"valid_{p.monitor}": value}
 
     summary = fit(model, optimizer(model, p),

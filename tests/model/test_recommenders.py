@@ -238,6 +238,22 @@ def test_sasrec_learns_a_predictable_sequence_and_is_deterministic(loss):
     assert runs[0]["sampled99"]["recall@1"] > 0.5
 
 
+def test_evaluation_of_one_protocol_equals_that_protocol_of_the_full_evaluation():
+    """Validation scores only the protocol it stops on; each protocol alone gives what the full evaluation gives."""
+    seqs = _cycle_sequences(n_users=40)
+    rc = RecommendParams(item_repr="id", id_dim=8, max_len=10, layers=1)
+    split = Split(seqs, 30, 10, 0)
+    torch.manual_seed(0)
+    model = build_recommender(30, rc)
+    everything = evaluate(model, split, "valid", rc.max_len, batch_size=7)
+    assert set(everything) == {"full", "full_masked", "sampled99"}
+    assert everything["full"] != everything["full_masked"]  # the history mask changes the ranking here
+    for protocol in everything:
+        assert evaluate(model, split, "valid", rc.max_len, 7, (protocol,)) == {protocol: everything[protocol]}
+    with pytest.raises(ValueError, match="unknown protocols"):
+        evaluate(model, split, "valid", rc.max_len, 7, ("masked",))
+
+
 def test_adam_betas_reach_the_optimizer(monkeypatch):
     """recommend.betas, set as an override, is the betas of the Adam that `train` hands to the training loop."""
     import semid.models.seqrec as seqrec
