@@ -32,7 +32,7 @@ RECORDS = OUT / "history_ranks.jsonl"
 def history_stats(model, split, max_len: int, batch_size: int = 512, k: int = 10) -> dict[str, float]:
     """Test-split statistics of the model's full ranking against each user's input history."""
     from semid.models.metrics import rank_metrics, target_ranks
-    from semid.models.seqrec import pad
+    from semid.models.seqrec import history_mask, pad
 
     model.eval()
     table, _ = model.items()
@@ -43,9 +43,7 @@ def history_stats(model, split, max_len: int, batch_size: int = 512, k: int = 10
         seq, lengths = pad(rows, max_len)
         tgt = targets[start:start + batch_size]
         scores = model.score(seq, lengths, table)
-        history = torch.zeros_like(scores, dtype=torch.bool)
-        for row, s in enumerate(rows):
-            history[row, torch.as_tensor(np.array(s))] = True
+        history = history_mask(rows, scores.shape[1])
         cols["in_top"].append(history.gather(1, scores.topk(k, dim=1).indices).sum(1))
         cols["repeat"].append(history.gather(1, tgt[:, None])[:, 0])
         cols["rank"].append(target_ranks(scores, tgt))
@@ -74,10 +72,10 @@ def run(name: str, sets: list[str], item_repr: str, seed: int) -> dict:
 
     cfg = load_config(PARAMS, [f"data.dataset={name}", *sets, f"recommend.item_repr={item_repr}",
                                f"recommend.seed={seed}"])
-    folder = Path(tempfile.mkdtemp()) / "rec"
-    out = recommend(name, cfg, out=folder)
-    split, model = split_and_model(name, cfg, cfg.recommend)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = recommend(name, cfg, out=Path(tmp) / "rec")
+        split, model = split_and_model(name, cfg, cfg.recommend)
+        model.load_state_dict(load_file(str(Path(tmp) / "rec" / "model.safetensors")))
     stats = history_stats(model, split, cfg.recommend.max_len)
     m = out["metrics"]  # the recommend step's own test numbers: the reloaded model must reproduce them
     for mine, theirs in (("ndcg@10", "test_full_ndcg@10"), ("ndcg@10_masked", "test_full_masked_ndcg@10")):

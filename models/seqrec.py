@@ -306,6 +306,14 @@ class MostPopular:
         return self.scores.expand(len(seq), -1)
 
 
+def history_mask(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
+    """[U, n_items] bool: True where the item (0-based) is in that user's history."""
+    mask = torch.zeros(len(histories), n_items, dtype=torch.bool)
+    for row, s in enumerate(histories):
+        mask[row, torch.as_tensor(np.array(s))] = True
+    return mask
+
+
 @torch.no_grad()
 def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
              batch_size: int = 1024, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict]:
@@ -328,10 +336,8 @@ def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: st
         if "full" in protocols:
             ranks["full"].append(target_ranks(scores, tgt))
         if "full_masked" in protocols:
-            history = torch.zeros_like(scores, dtype=torch.bool)
-            for row, s in enumerate(inputs[start:start + batch_size]):
-                history[row, torch.as_tensor(np.array(s))] = True
-            ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history))
+            ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history_mask(
+                inputs[start:start + batch_size], split.n_items)))
         if "sampled99" in protocols and split.negatives:
             neg = torch.from_numpy(split.negatives[which][start:start + batch_size])
             cand = torch.cat([tgt[:, None], neg], dim=1)
