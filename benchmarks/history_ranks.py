@@ -29,21 +29,14 @@ RECORDS = OUT / "history_ranks.jsonl"
 
 
 @torch.no_grad()
-def history_stats(model, split, max_len: int, batch_size: int = 512, k: int = 10) -> dict[str, float]:
+def history_stats(model, split, max_len: int, batch_size: int = 1024, k: int = 10) -> dict[str, float]:
     """Test-split statistics of the model's full ranking against each user's input history."""
     from semid.models.metrics import rank_metrics, target_ranks
-    from semid.models.seqrec import history_mask, pad
+    from semid.models.seqrec import history_mask, scored_batches
 
-    model.eval()
-    table, _ = model.items()
-    inputs, targets = split.eval_inputs["test"], torch.from_numpy(split.targets["test"])
     cols: dict[str, list[torch.Tensor]] = {c: [] for c in ("in_top", "repeat", "rank", "rank_masked")}
-    for start in range(0, len(inputs), batch_size):
-        rows = inputs[start:start + batch_size]
-        seq, lengths = pad(rows, max_len)
-        tgt = targets[start:start + batch_size]
-        scores = model.score(seq, lengths, table)
-        history = history_mask(rows, scores.shape[1])
+    for _, rows, scores, tgt in scored_batches(model, split, "test", max_len, batch_size):
+        history = history_mask(rows, split.n_items)
         cols["in_top"].append(history.gather(1, scores.topk(k, dim=1).indices).sum(1))
         cols["repeat"].append(history.gather(1, tgt[:, None])[:, 0])
         cols["rank"].append(target_ranks(scores, tgt))

@@ -314,32 +314,38 @@ def history_mask(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
     return mask
 
 
-@torch.no_grad()
-def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
-             batch_size: int = 1024, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict]:
-    """Metrics per protocol (all, or the `protocols` asked for: validation needs one) for the 'valid' or 'test'
-    targets, batched matrix scoring; a batch holds at most 2^26 scores (256 MB: 64 users at 1M items), whatever
-    batch_size says."""
-    if unknown := set(protocols) - set(PROTOCOLS):
-        raise ValueError(f"unknown protocols {sorted(unknown)}; known: {PROTOCOLS}")
+def scored_batches(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
+                   batch_size: int = 1024):
+    """(start, histories, scores [B, n_items], targets [B]) for each batch of the 'valid' or 'test' users, scored
+    against every item; a batch holds at most 2^26 scores (256 MB: 64 users at 1M items), whatever batch_size says.
+    Call it under torch.no_grad()."""
     batch_size = max(1, min(batch_size, (1 << 26) // max(1, split.n_items)))
     table = None
     if isinstance(model, nn.Module):
         model.eval()
         table, _ = model.items()
-    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
     inputs, targets = split.eval_inputs[which], torch.from_numpy(split.targets[which])
     for start in range(0, len(inputs), batch_size):
-        seq, lengths = pad(inputs[start:start + batch_size], max_len)
-        tgt = targets[start:start + batch_size]
-        scores = model.score(seq, lengths, table)
+        rows = inputs[start:start + batch_size]
+        seq, lengths = pad(rows, max_len)
+        yield start, rows, model.score(seq, lengths, table), targets[start:start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: SequentialRecommender | MostPopular, split: Split, which: str, max_len: int,
+             batch_size: int = 1024, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict]:
+    """Metrics per protocol (all, or the `protocols` asked for: validation needs one) for the 'valid' or 'test'
+    targets, batched matrix scoring (scored_batches)."""
+    if unknown := set(protocols) - set(PROTOCOLS):
+        raise ValueError(f"unknown protocols {sorted(unknown)}; known: {PROTOCOLS}")
+    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
+    for start, rows, scores, tgt in scored_batches(model, split, which, max_len, batch_size):
         if "full" in protocols:
             ranks["full"].append(target_ranks(scores, tgt))
         if "full_masked" in protocols:
-            ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history_mask(
-                inputs[start:start + batch_size], split.n_items)))
+            ranks["full_masked"].append(target_ranks(scores, tgt, exclude=history_mask(rows, split.n_items)))
         if "sampled99" in protocols and split.negatives:
-            neg = torch.from_numpy(split.negatives[which][start:start + batch_size])
+            neg = torch.from_numpy(split.negatives[which][start:start + len(tgt)])
             cand = torch.cat([tgt[:, None], neg], dim=1)
             ranks["sampled99"].append(target_ranks(scores.gather(1, cand), torch.zeros(len(tgt), dtype=torch.long)))
     return {p: rank_metrics(torch.cat(r)) for p, r in ranks.items() if r}

@@ -16,12 +16,6 @@ class FixedScores:
     def __init__(self, scores: list[list[float]]):
         self.scores = torch.tensor(scores)
 
-    def eval(self) -> None:
-        pass
-
-    def items(self):
-        return None, torch.zeros(())
-
     def score(self, seq, lengths, table):
         return self.scores[: len(seq)]
 
