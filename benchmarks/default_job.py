@@ -51,7 +51,7 @@ def one_run(seed: int, sets: list[str], cold_cache: bool) -> dict:
         return {"seed": seed, "rc": proc.returncode, "wall_seconds": wall, "sets": sets, "cold_cache": cold_cache,
                 "promoted": "were promoted together" in proc.stdout,
                 **{k: m.get(k) for k in keys}, **{f"baseline_{k}": m.get(f"baseline_{k}") for k in keys},
-                "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"), "git": git_sha()[:12],
+                "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"), "git": git_sha(12),
                 "tail": proc.stdout.strip().splitlines()[-6:] + proc.stderr.strip().splitlines()[-3:]}
 
 

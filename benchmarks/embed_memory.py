@@ -118,7 +118,7 @@ def main() -> None:
                     print(json.dumps(records[-1]), flush=True)
     m = machine()
     meta = {"machine": f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}", "date": m["date"],
-            "git": git_sha()[:12], "command": command.strip(), "load_before": load_before,
+            "git": git_sha(12), "command": command.strip(), "load_before": load_before,
             "load_after": os.getloadavg(), "dataset": args.dataset, "backend": args.backend, "threads": args.threads,
             "order": args.order}
     OUT.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def run(name: str, sets: list[str], item_repr: str, seed: int) -> dict:
             raise RuntimeError(f"reloaded model's {mine} {stats[mine]} != the trained one's {m[theirs]}")
     return {"dataset": name, "sets": sets, "item_repr": item_repr, "seed": seed, **stats,
             "epochs": m["epochs"], "best_epoch": m["best_epoch"],
-            "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None, "git": git_sha()[:12]}
+            "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None, "git": git_sha(12)}
 
 
 def render() -> None:

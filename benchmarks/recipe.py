@@ -64,7 +64,7 @@ def run(name: str, variant: str, sets: list[str], item_repr: str, seed: int) -> 
             "epochs": m["epochs"], "best_epoch": m["best_epoch"], "seconds_per_epoch": m["seconds_per_epoch"],
             "valid_curve": curve,  # the raw monitored validation score of every epoch
             "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None,
-            "git": git_sha()[:12]}
+            "git": git_sha(12)}
 
 
 def stats(values: list[float]) -> str:

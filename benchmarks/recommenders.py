@@ -60,7 +60,7 @@ def sasrec_records(name: str, reprs: list[str], seed: int, sets: list[str]) -> l
                          "seconds_per_epoch": m["seconds_per_epoch"], "epochs": m["epochs"],
                          "best_epoch": m["best_epoch"], "params": out["params"], "loss": cfg.recommend.loss,
                          "codebook_sha256": codebook_sha(cfg, name) if item_repr != "id" else None,
-                         "git": git_sha()[:12]})
+                         "git": git_sha(12)})
         print(f"  {name} sasrec {item_repr}: full-masked R@10 {m['test_full_masked_recall@10']:.4f} "
               f"N@10 {m['test_full_masked_ndcg@10']:.4f}; unmasked N@10 {m['test_full_ndcg@10']:.4f}; "
               f"{m['seconds_per_epoch']:.1f} s/epoch, {m['epochs']} epochs", flush=True)

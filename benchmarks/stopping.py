@@ -59,7 +59,7 @@ def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
                   loss=lambda b, g: model.loss(b[0], b[1], p.loss, g, None), validate=validate)
     return {"seed": seed, "sets": sets, "valid": valid, "test": test, "epochs": epochs,
             "seconds_per_epoch": summary["seconds_per_epoch"], "wall_seconds": time.perf_counter() - start,
-            "git": git_sha()[:12]}
+            "git": git_sha(12)}
 
 
 def replay(valid: list[float], patience: int, smoothing: float, cap: int) -> tuple[int, int]:

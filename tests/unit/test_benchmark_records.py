@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from benchmarks.quantizers import machine
 from benchmarks.recipe import group_key, parse_variant
 from benchmarks.recommenders import combine, provenance, record_key, stamp
+from semid.tasks.tracking import git_sha
 
 
 def _rec(model="mmoe", seed=0, variant=None, auc=0.5, **extra):
@@ -106,3 +108,25 @@ def test_reference_run_provenance_names_the_script_its_arguments_and_this_commit
                             "--epochs 3")
     assert p["git"] == head[:12] + ("-dirty" if dirty else "")
     assert p["machine"].endswith(cpu_model())
+
+
+def test_git_sha_keeps_the_dirty_mark_when_shortened(tmp_path):
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    repo.mkdir(), plain.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    assert git_sha(cwd=repo) == head and git_sha(12, cwd=repo) == head[:12]
+    (repo / "new.txt").write_text("untracked\n")  # untracked files leave the checkout clean
+    assert git_sha(12, cwd=repo) == head[:12]
+    (repo / "f.txt").write_text("b\n")
+    assert git_sha(12, cwd=repo) == head[:12] + "-dirty"
+    assert git_sha(cwd=repo) == head + "-dirty"
+    assert git_sha(12, cwd=plain) == "unknown"  # not a git checkout
