@@ -2,7 +2,9 @@
 
 Writes float32 embeddings.npy (row i = item id i), manifest.json (model, backend, encoder identity, dim) and
 text_sha256.json (the text hash of each item, in item order). A cache keyed on (encoder identity, text sha256) means
-unchanged items are never re-encoded; the identity is the model, plus the backend for onnx-int8
+unchanged items are never re-encoded. Texts not in the cache are encoded in batches cut from them sorted by token
+count (semid.models.encoder.token_order: 2-5 % padding on Amazon catalogues, against 29-44 % in sentence-transformers'
+own character order). The identity is the model, plus the backend for onnx-int8
 (semid.models.encoder.encoder_id says why fp32 onnx shares torch's). The ONNX backends export the model once into
 embed.onnx_dir/<model>-<key>/ (key: the model files' sha256 and the exporting libraries' versions), staged and
 renamed into place whole, each file's sha256 recorded in export.json and checked before it is loaded.
@@ -24,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from semid.models.encoder import DEFAULT_MODEL, EncoderBackendError, EncoderNotFound, encoder_id, model_path
+from semid.models.encoder import (
+    DEFAULT_MODEL,
+    EncoderBackendError,
+    EncoderNotFound,
+    encoder_id,
+    model_path,
+    token_order,
+)
 from semid.models.encoder import load_encoder as _load_encoder
 from semid.tasks import layout
 from semid.tasks.config import Config
@@ -187,18 +196,21 @@ def encode_texts(
         e = cfg.embed
         encoder = encoder or load_encoder(e.model, e.backend, e.onnx_dir, e.onnx_threads, e.onnx_memory)
         new_keys, new_texts = list(todo), list(todo.values())
-        chunk = cfg.embed.batch_size * 4
-        parts = []
+        size = cfg.embed.batch_size
+        order = token_order(encoder, new_texts)  # one encode call a batch, so the batch stays one length
+        fresh = None
         bar = _progress() if progress else None
         with bar or nullcontext():
             task = bar.add_task("embedding", total=len(new_texts)) if bar else None
-            for start in range(0, len(new_texts), chunk):
-                batch = new_texts[start:start + chunk]
-                parts.append(encoder.encode(batch, batch_size=cfg.embed.batch_size, show_progress_bar=False,
-                                            convert_to_numpy=True))
+            for start in range(0, len(new_texts), size):
+                rows = order[start:start + size]
+                vectors = encoder.encode([new_texts[i] for i in rows], batch_size=size, show_progress_bar=False,
+                                         convert_to_numpy=True)
+                if fresh is None:
+                    fresh = np.empty((len(new_texts), vectors.shape[1]), dtype=np.float32)
+                fresh[rows] = vectors
                 if bar:
-                    bar.update(task, advance=len(batch))
-        fresh = np.concatenate(parts).astype(np.float32)
+                    bar.update(task, advance=len(rows))
         cache.add(new_keys, fresh)
         known.update(zip(new_keys, fresh, strict=True))
     return np.stack([known[k] for k in keys]).astype(np.float32), len(todo), hits

@@ -90,3 +90,38 @@ def test_join_refuses_a_changed_or_missing_shard(tmp_path):
         assert "one CPU class" in err.value.fix
     assert not (tmp_path / "data" / "features" / "shop").exists()  # nothing half-written
     step.join("shop", cfg, shards)  # the same shards from one encoder join
+
+
+def test_new_texts_are_batched_by_token_count_and_come_back_in_input_order(tmp_path):
+    """The embed step cuts its batches from the texts sorted by token count (not characters, as
+    SentenceTransformer.encode sorts them), one encode call a batch, and puts every vector back at its text."""
+    from semid.models.encoder import token_order
+    from semid.tasks.embed import load_encoder
+
+    st = load_encoder("all-MiniLM-L6-v2")
+    # "1/2-3/4 5/6-7/8" is short in characters but long in tokens; "cat" ties "dog" (input order kept)
+    texts = ["nitrile gloves", "1/2-3/4 5/6-7/8 9/10", "cat", "a longer item title with several plain words",
+             "dog", "Stanley TRA708T staples, steel (1000 count)", "red lipstick;9.99;Brand"]
+    counts = [len(st.tokenizer(t, truncation=True, max_length=st.max_seq_length)["input_ids"]) for t in texts]
+    assert counts[1] > counts[3] and len(texts[1]) < len(texts[3])  # the case that sorting by characters gets wrong
+    assert counts[2] == counts[4]
+    order = token_order(st, texts, chunk=3)  # counted in chunks, as for a large shard
+    assert [counts[i] for i in order] == sorted(counts, reverse=True)
+    assert order.tolist().index(2) < order.tolist().index(4)
+
+    class Recording:  # the real encoder; records which texts each encode call got
+        def __init__(self):
+            self.st, self.batches = st, []
+
+        def encode(self, batch, **kwargs):
+            self.batches.append(list(batch))
+            return st.encode(batch, **kwargs)
+
+    spy = Recording()
+    cfg = load_config(None, [f"embed.cache_dir={tmp_path}", "embed.batch_size=3"])
+    vectors, encoded, _ = encode_texts(texts, cfg, encoder=spy)
+    assert encoded == len(texts)
+    assert spy.batches == [[texts[i] for i in order[s:s + 3]] for s in range(0, len(texts), 3)]
+    reference = st.encode(texts, batch_size=3, convert_to_numpy=True)
+    cos = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cos.min() > 1 - 1e-6  # each vector at its own text (a misplaced one would be far off)
