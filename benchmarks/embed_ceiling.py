@@ -19,9 +19,10 @@ benchmarks/embed_backends.py (each encoder's own encode, bare):
    (its profiled share of the pass, times the backend's wall time: an estimate, not a bound); and the rate the linear
    layers would need for `--target` x torch.
 
-    python benchmarks/embed_ceiling.py [--dataset amazon-scientific] [--texts 512] [--reps 5] [--threads N]
+    python benchmarks/embed_ceiling.py [--dataset amazon-scientific] [--texts 512] [--reps 5] [--rounds 3] [--threads N]
 
-Writes benchmarks/results/embed_ceiling.{json,md} with machine, CPU, date, command and git sha.
+Runs the whole measurement `--rounds` times (the VM's speed drifts between minutes) and writes
+benchmarks/results/embed_ceiling.{json,md} with every round, machine, CPU, date, command and git sha.
 """
 
 from __future__ import annotations
@@ -168,54 +169,62 @@ def measure(texts: list[str], batch: int, reps: int, threads: int, target: float
     onnx_ops = sum(prof["onnx"]["ops"].values())  # profiled kernel time; its share of the unprofiled wall time:
     other_onnx = (onnx_ops - prof["onnx"]["linear_seconds"]) / onnx_ops * t_onnx  # the rest of onnxruntime's pass
     linear_best = flops / (best["gflops"] * 1e9)  # seconds of the linear layers at the fastest product rate
-    return {"texts": len(texts), "batch_size": batch, "threads": threads, "reps": reps,
-            "torch_seconds": torch_s, "onnx_seconds": onnx_s, "torch_texts_per_s": len(texts) / t_torch,
+    return {"torch_seconds": torch_s, "onnx_seconds": onnx_s, "torch_texts_per_s": len(texts) / t_torch,
             "onnx_texts_per_s": len(texts) / t_onnx, "onnx_vs_torch": t_torch / t_onnx,
-            "profiles": prof, "gemm": gemm, "best_gemm": best,
+            "profiles": prof, "gemm": gemm, "best_gemm": best, "best_gflops": best["gflops"],
             "linear_gflop": flops / 1e9, "linear_share_of_torch": prof["torch"]["linear_seconds"] / t_torch,
             "torch_linear_gflops": flops / prof["torch"]["linear_seconds"] / 1e9,
             "onnx_linear_gflops": prof["onnx"]["linear_flops"] / prof["onnx"]["linear_seconds"] / 1e9,
-            "ceiling_vs_torch": t_torch / linear_best, "target": target,
+            "ceiling_vs_torch": t_torch / linear_best,
             "onnx_other_seconds": other_onnx, "estimate_vs_torch": t_torch / (linear_best + other_onnx),
-            "gflops_needed_for_target": flops / (t_torch / target) / 1e9}
+            "gflops_needed_for_target": flops / (t_torch / target) / 1e9,
+            "needed_vs_best": flops / (t_torch / target) / 1e9 / best["gflops"]}
 
 
-def write(r: dict) -> None:
+COLUMNS = (("torch texts/s", "torch_texts_per_s", "{:.1f}"), ("onnx x torch", "onnx_vs_torch", "{:.2f}"),
+           ("share of torch's time in linear layers", "linear_share_of_torch", "{:.0%}"),
+           ("linear rate torch / onnx, GFLOP/s", ("torch_linear_gflops", "onnx_linear_gflops"), "{:.0f}"),
+           ("fastest product, GFLOP/s", "best_gflops", "{:.0f}"),
+           ("**ceiling** (everything else free)", "ceiling_vs_torch", "**{:.2f}x**"),
+           ("**estimate** (other operators as onnxruntime's)", "estimate_vs_torch", "**{:.2f}x**"),
+           ("rate needed for the target / fastest", "needed_vs_best", "{:.2f}"))
+
+
+def cell(r: dict, key, fmt: str) -> str:
+    return " / ".join(fmt.format(r[k]) for k in key) if isinstance(key, tuple) else fmt.format(r[key])
+
+
+def write(common: dict, rounds: list[dict]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "embed_ceiling.json").write_text(json.dumps(r, indent=1) + "\n")
-    best = r["best_gemm"]
+    (OUT / "embed_ceiling.json").write_text(json.dumps({**common, "rounds": rounds}, indent=1) + "\n")
+    c, first = common, rounds[0]
+    median = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0] if isinstance(rounds[0][k], float)}
     lines = ["# The fp32 ceiling: how fast any backend can encode these texts here", "",
-             f"Machine: {r['machine']}, CPU {r['cpu']}, {r['threads']} threads. Date: {r['date']}. "
-             f"Git: {r['git_sha']}. Load average before: {r['load_before']}.", f"Command: `{r['command']}`", "",
-             f"{r['texts']} {r['dataset']} item texts (mean {r['mean_chars']:.0f} characters), all-MiniLM-L6-v2, "
-             f"batch size {r['batch_size']}, each backend's own encode (as benchmarks/embed_backends.py).", "",
-             "| quantity | value |", "|---|---|",
-             f"| torch backend | {r['torch_texts_per_s']:.1f} texts/s (median of {r['reps']}) |",
-             f"| onnx fp32 backend | {r['onnx_texts_per_s']:.1f} texts/s, {r['onnx_vs_torch']:.2f}x torch |",
-             f"| linear layers' work (from torch's addmm shapes; onnxruntime's MatMul shapes give "
-             f"{r['profiles']['onnx']['linear_flops'] / 1e9:.1f}) | {r['linear_gflop']:.1f} GFLOP a pass |",
-             f"| share of torch's time in them (profiled pass) | {r['linear_share_of_torch']:.0%} |",
-             f"| their rate in torch / in onnxruntime (profiled passes) | {r['torch_linear_gflops']:.1f} / "
-             f"{r['onnx_linear_gflops']:.1f} GFLOP/s |",
-             f"| fastest fp32 product here (either library, shapes below) | {best['gflops']:.1f} GFLOP/s "
-             f"({best['library']}, {best['m']}x{best['k']}x{best['n']}) |",
-             "| **ceiling**: linear layers at that rate, everything else free "
-             f"| **{r['ceiling_vs_torch']:.2f}x torch** |",
-             "| **estimate**: linear layers at that rate, every other operator as onnxruntime runs it "
-             f"({r['onnx_other_seconds']:.2f} s a pass) | **{r['estimate_vs_torch']:.2f}x torch** |",
-             f"| rate the linear layers would need for {r['target']}x torch, with everything else free "
-             f"| {r['gflops_needed_for_target']:.1f} GFLOP/s ({r['gflops_needed_for_target'] / best['gflops']:.2f}x "
-             "the fastest product) |", "",
-             "fp32 matrix products (GFLOP/s, median of 20):", "",
-             "| M x K x N | torch | onnxruntime |", "|---|---|---|"]
-    for m, k, n in dict.fromkeys((g["m"], g["k"], g["n"]) for g in r["gemm"]):
-        rate = {g["library"]: g["gflops"] for g in r["gemm"] if (g["m"], g["k"], g["n"]) == (m, k, n)}
+             f"Machine: {c['machine']}, CPU {c['cpu']}, {c['threads']} threads. Date: {c['date']}. "
+             f"Git: {c['git_sha']}. Load average before: {c['load_before']}.", f"Command: `{c['command']}`", "",
+             f"{c['texts']} {c['dataset']} item texts (mean {c['mean_chars']:.0f} characters), all-MiniLM-L6-v2, "
+             f"batch size {c['batch_size']}, each backend's own encode (as benchmarks/embed_backends.py). Their "
+             f"linear layers do {first['linear_gflop']:.1f} GFLOP a pass (from torch's addmm shapes; onnxruntime's "
+             f"MatMul shapes give {first['profiles']['onnx']['linear_flops'] / 1e9:.1f}). {len(rounds)} rounds, each "
+             f"the whole measurement ({c['reps']} paired passes, profiles, products); target {c['target']}x torch.", "",
+             "| round | " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for i, r in enumerate([*rounds, median]):
+        label = "median" if i == len(rounds) else str(i + 1)
+        lines.append(f"| {label} | " + " | ".join(cell(r, key, fmt) for _, key, fmt in COLUMNS) + " |")
+    lines += ["", "Ceiling: torch's time per pass over the time the linear layers take at the fastest product rate "
+              "measured in the round. Estimate: the same plus the time onnxruntime spends in every other operator "
+              "(its profiled share of its pass). Rate needed: what the linear layers would have to run at for the "
+              "target with everything else free, over the fastest product.", "",
+              "Round 1's fp32 matrix products (GFLOP/s, median of 20):", "",
+              "| M x K x N | torch | onnxruntime |", "|---|---|---|"]
+    for m, k, n in dict.fromkeys((g["m"], g["k"], g["n"]) for g in first["gemm"]):
+        rate = {g["library"]: g["gflops"] for g in first["gemm"] if (g["m"], g["k"], g["n"]) == (m, k, n)}
         lines.append(f"| {m}x{k}x{n} | {rate['torch']:.1f} | {rate['onnxruntime']:.1f} |")
     for name in ("torch", "onnx"):
-        ops = r["profiles"][name]["ops"]
+        ops = first["profiles"][name]["ops"]
         total = sum(ops.values())
         top = sorted(ops.items(), key=lambda kv: -kv[1])[:6]
-        lines += ["", f"Profiled {name} pass, time per operator (top 6 of {total:.2f} s): "
+        lines += ["", f"Round 1's profiled {name} pass, time per operator (top 6 of {total:.2f} s): "
                   + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in top) + "."]
     write_report("embed_ceiling", lines)
 
@@ -225,6 +234,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="amazon-scientific")
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="whole measurements (this VM's speed drifts by minutes)")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
     ap.add_argument("--target", type=float, default=1.7, help="the speed-up over torch asked for (issue 14)")
     args = ap.parse_args()
@@ -236,16 +246,20 @@ def main() -> None:
     texts = load_processed(base, args.dataset)["items"].sort_values("item_id")["text"].fillna("").astype(str)
     texts = texts.tolist()[: args.texts]
     meta, load_before = machine(), [round(x, 2) for x in os.getloadavg()]
-    r = measure(texts, base.embed.batch_size, args.reps, torch.get_num_threads(), args.target)
-    r.update({"dataset": args.dataset, "mean_chars": float(np.mean([len(t) for t in texts])),
-              "command": shlex.join(["python", "benchmarks/embed_ceiling.py", *sys.argv[1:]]), "git_sha": git_sha(12),
-              "date": meta["date"], "machine": machine_label(meta), "cpu": meta["cpu"], "load_before": load_before})
-    print(f"torch {r['torch_texts_per_s']:.1f} texts/s, onnx {r['onnx_texts_per_s']:.1f} ({r['onnx_vs_torch']:.2f}x); "
-          f"linear {r['linear_gflop']:.0f} GFLOP, {r['linear_share_of_torch']:.0%} of torch's time at "
-          f"{r['torch_linear_gflops']:.0f} GFLOP/s (onnx {r['onnx_linear_gflops']:.0f}); best product "
-          f"{r['best_gemm']['gflops']:.0f} GFLOP/s; ceiling {r['ceiling_vs_torch']:.2f}x torch; {args.target}x needs "
-          f"{r['gflops_needed_for_target']:.0f} GFLOP/s")
-    write(r)
+    rounds = []
+    for i in range(args.rounds):
+        r = measure(texts, base.embed.batch_size, args.reps, torch.get_num_threads(), args.target)
+        rounds.append(r)
+        print(f"round {i + 1}: torch {r['torch_texts_per_s']:.1f} texts/s, onnx x{r['onnx_vs_torch']:.2f}; linear "
+              f"{r['linear_share_of_torch']:.0%} of torch's time at {r['torch_linear_gflops']:.0f} GFLOP/s (onnx "
+              f"{r['onnx_linear_gflops']:.0f}); best product {r['best_gflops']:.0f}; ceiling "
+              f"{r['ceiling_vs_torch']:.2f}x, estimate {r['estimate_vs_torch']:.2f}x", flush=True)
+    common = {"dataset": args.dataset, "texts": len(texts), "mean_chars": float(np.mean([len(t) for t in texts])),
+              "batch_size": base.embed.batch_size, "threads": torch.get_num_threads(), "reps": args.reps,
+              "target": args.target, "command": shlex.join(["python", "benchmarks/embed_ceiling.py", *sys.argv[1:]]),
+              "git_sha": git_sha(12), "date": meta["date"], "machine": machine_label(meta), "cpu": meta["cpu"],
+              "load_before": load_before}
+    write(common, rounds)
     print(f"wrote {OUT / 'embed_ceiling.json'} and embed_ceiling.md")
 
 
