@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 
 
 def one_run(seed: int, sets: list[str], cold_cache: bool) -> dict:
-    from semid.tasks.tracking import git_sha
+    from semid.tasks.fsutil import git_sha
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -35,8 +35,8 @@ from semid.models.encoder import BACKENDS, int8_kernels  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
+from semid.tasks.fsutil import git_sha  # noqa: E402
 from semid.tasks.layout import load_processed  # noqa: E402
-from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 TARGET = {"onnx": "ratio >= 1.7, mean cosine >= 0.9999", "onnx-int8": "ratio ~3.5, mean cosine ~0.993"}

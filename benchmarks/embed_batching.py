@@ -36,8 +36,8 @@ from semid.models.encoder import BACKENDS, token_order  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import encode_texts, load_encoder  # noqa: E402
+from semid.tasks.fsutil import git_sha  # noqa: E402
 from semid.tasks.layout import load_processed  # noqa: E402
-from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 RESULTS = OUT / "embed_batching.json"

@@ -46,8 +46,8 @@ from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
+from semid.tasks.fsutil import git_sha  # noqa: E402
 from semid.tasks.layout import load_processed  # noqa: E402
-from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -100,7 +100,7 @@ def main() -> None:
     if args.render:
         return render(args.out)
     from semid.tasks.embed import onnx_export
-    from semid.tasks.tracking import git_sha
+    from semid.tasks.fsutil import git_sha
 
     command = shlex.join(["python", "benchmarks/embed_memory.py", *sys.argv[1:]])
     load_before = os.getloadavg()

@@ -58,7 +58,7 @@ def main() -> None:
     from semid.flows.engine import quiet_prefect
 
     quiet_prefect()  # before prefect is imported
-    from semid.tasks.tracking import git_sha
+    from semid.tasks.fsutil import git_sha
 
     sets = [f"embed.shard_size={args.shard_size}", *args.sets]
     runs = []

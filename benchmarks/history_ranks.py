@@ -60,8 +60,8 @@ def run(name: str, sets: list[str], item_repr: str, seed: int) -> dict:
 
     from benchmarks.recommenders import codebook_sha
     from semid.tasks.config import load_config
+    from semid.tasks.fsutil import git_sha
     from semid.tasks.recommend import recommend, split_and_model
-    from semid.tasks.tracking import git_sha
 
     cfg = load_config(PARAMS, [f"data.dataset={name}", *sets, f"recommend.item_repr={item_repr}",
                                f"recommend.seed={seed}"])

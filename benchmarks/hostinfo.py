@@ -7,9 +7,7 @@ import datetime
 import os
 import platform
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -26,13 +24,11 @@ def cpu_model() -> str:
 
 def provenance(script: str) -> dict:
     """Date, command (`script` with this process's arguments), machine (with the CPU model, as every other record)
-    and git sha, marked -dirty as semid.tasks.tracking.git_sha does; without semid, which the reference venvs lack."""
-    here = Path(__file__).parent
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                           text=True).stdout.strip()
-    sha = git.stdout.strip()[:12]
+    and git sha (12 characters, marked -dirty): semid.tasks.fsutil.git_sha, loaded from this checkout as `tasks.fsutil`
+    because the reference venvs lack semid (the module is standard library only)."""
+    from tasks.fsutil import git_sha
+
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": shlex.join(["python", script, *sys.argv[1:]]),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}",
-            "git": (sha + ("-dirty" if dirty else "")) if sha else "unknown"}
+            "git": git_sha(12)}

@@ -29,9 +29,9 @@ from benchmarks.prepare import prepare_dataset  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.tasks import layout  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
+from semid.tasks.fsutil import git_sha  # noqa: E402
 from semid.tasks.rank import rank  # noqa: E402
 from semid.tasks.recommend import recommend  # noqa: E402
-from semid.tasks.tracking import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ANCHORS = {  # published Beauty full-ranking Recall@10 / NDCG@10 (papers.md section 1)

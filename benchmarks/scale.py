@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from semid.models.encoder import int8_kernels
-    from semid.tasks.tracking import git_sha
+    from semid.tasks.fsutil import git_sha
 
     meta = machine()
     run = {"command": shlex.join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),

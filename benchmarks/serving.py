@@ -140,7 +140,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
-    from semid.tasks.tracking import git_sha
+    from semid.tasks.fsutil import git_sha
 
     meta, command = machine(), shlex.join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     records = []

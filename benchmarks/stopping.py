@@ -37,8 +37,8 @@ def curve(seed: int, epochs: int, sets: list[str], root: Path) -> dict:
     from semid.models.seqrec import evaluate, optimizer, train_batches
     from semid.models.training import fit
     from semid.tasks.config import load_config
+    from semid.tasks.fsutil import git_sha
     from semid.tasks.recommend import split_and_model
-    from semid.tasks.tracking import git_sha
 
     overrides = [f"data.root={root}", f"quantizer.seed={seed}", f"diagnose.seed={seed}", f"recommend.seed={seed}",
                  *sets]

@@ -217,8 +217,9 @@ class Steps:
 def retrain(config: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline once on the configured dataset; fails (state Failed) when a gate fails."""
     from semid.models.diagnostics import flat_metrics
+    from semid.tasks.fsutil import git_sha
     from semid.tasks.gate import refit_reason
-    from semid.tasks.tracking import Tracker, git_sha, load_champion, model_name
+    from semid.tasks.tracking import Tracker, load_champion, model_name
 
     cfg = load_config(config, overrides)
     check_runner(cfg)

@@ -1,10 +1,13 @@
-"""File helpers shared by the steps: all-or-nothing output folders, sha256 of files, the user cache folder."""
+"""File helpers shared by the steps: all-or-nothing output folders, sha256 of files, the user cache folder, and the
+checkout's git sha. Standard library only: the reference runs' venvs (RecBole, RecTools), which lack semid, load it
+from the checkout too (benchmarks/hostinfo.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -61,3 +64,18 @@ def files_sha(paths: list[Path]) -> str:
 def user_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "semid"
+
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout: the folder holding models/, tasks/, flows/
+
+
+def git_sha(length: int | None = None, cwd: Path = REPO) -> str:
+    """The checked-out commit (its first `length` characters), plus "-dirty" when tracked files differ from it, so a
+    shortened sha still says the code was uncommitted; "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip()[:length] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

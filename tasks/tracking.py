@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -87,18 +86,6 @@ def _reachable(uri: str) -> None:
         raise PipelineError(f"The tracking store {uri} is unreachable ({type(exc).__name__}: {exc}); nothing was "
                             "registered or promoted.",
                             "start the MLflow server (`mlflow server ...`) or fix mlflow.tracking_uri.") from None
-
-
-def git_sha(length: int | None = None, cwd: Path = PACKAGE) -> str:
-    """The checked-out commit (its first `length` characters), plus "-dirty" when tracked files differ from it, so a
-    shortened sha still says the code was uncommitted; "unknown" outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip()[:length] + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def metric_key(name: str) -> str:

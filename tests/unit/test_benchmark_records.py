@@ -10,7 +10,7 @@ import pytest
 from benchmarks.quantizers import machine
 from benchmarks.recipe import group_key, parse_variant
 from benchmarks.recommenders import combine, provenance, record_key, stamp
-from semid.tasks.tracking import git_sha
+from semid.tasks.fsutil import git_sha
 
 
 def _rec(model="mmoe", seed=0, variant=None, auc=0.5, **extra):
@@ -130,3 +130,22 @@ def test_git_sha_keeps_the_dirty_mark_when_shortened(tmp_path):
     assert git_sha(12, cwd=repo) == head[:12] + "-dirty"
     assert git_sha(cwd=repo) == head + "-dirty"
     assert git_sha(12, cwd=plain) == "unknown"  # not a git checkout
+
+
+def test_reference_provenance_runs_on_the_standard_library_alone():
+    """The RecBole / RecTools venvs have neither semid nor its dependencies: hostinfo and the git helper it loads
+    from the checkout (tasks/fsutil.py) must work with no site-packages at all (python -S -I)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from benchmarks.hostinfo import provenance; "
+            "p = provenance('benchmarks/recbole_sasrec.py'); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('semid', 'numpy', 'torch', 'mlflow')); "
+            "print(p['git'], bad)")
+    out = subprocess.run([sys.executable, "-S", "-I", "-c", code, str(root)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sha, loaded = out.stdout.strip().split(" ", 1)
+    assert loaded == "[]"
+    assert sha == "unknown" or len(sha.removesuffix("-dirty")) == 12
