@@ -29,14 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
+from benchmarks.prepare import PARAMS, item_texts  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.models.encoder import BACKENDS, int8_kernels  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
 from semid.tasks.fsutil import git_sha  # noqa: E402
-from semid.tasks.layout import load_processed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 TARGET = {"onnx": "ratio >= 1.7, mean cosine >= 0.9999", "onnx-int8": "ratio ~3.5, mean cosine ~0.993"}
@@ -102,20 +101,28 @@ def write(records: list[dict]) -> None:
     write_report("embed_backends", lines)
 
 
-def main() -> None:
+def encoder_parser() -> argparse.ArgumentParser:
+    """The options the encoder benchmarks share: which texts, how many repetitions, how many threads."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="amazon-scientific")
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with the model hub off and torch's threads set (onnxruntime takes torch's count)."""
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_config(PARAMS)
-    prepare_dataset(args.dataset, "validate")
-    texts = load_processed(base, args.dataset)["items"].sort_values("item_id")["text"].fillna("").astype(str)
-    texts = texts.tolist()[: args.texts]
+    return args
+
+
+def main() -> None:
+    args = parse(encoder_parser())
+    base, texts = load_config(PARAMS), item_texts(args.dataset, args.texts)
     meta, load_before = machine(), [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="semid-onnx-") as onnx_dir:
         records = measure(texts, base.embed.batch_size, args.reps, onnx_dir, torch.get_num_threads())

@@ -30,14 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
+from benchmarks.prepare import PARAMS, item_texts  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.models.encoder import BACKENDS, token_order  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import encode_texts, load_encoder  # noqa: E402
 from semid.tasks.fsutil import git_sha  # noqa: E402
-from semid.tasks.layout import load_processed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 RESULTS = OUT / "embed_batching.json"
@@ -67,9 +66,7 @@ def padded_tokens(st, texts: list[str], batch: int) -> dict[str, int]:
 
 def measure(dataset: str, n: int | None, reps: int, backend: str) -> dict:
     base = load_config(PARAMS)
-    prepare_dataset(dataset, "validate")
-    texts = load_processed(base, dataset)["items"].sort_values("item_id")["text"].fillna("").astype(str).tolist()
-    texts = list(dict.fromkeys(texts))[:n]  # distinct texts, as the embed step encodes them
+    texts = list(dict.fromkeys(item_texts(dataset)))[:n]  # distinct texts, as the embed step encodes them
     batch = base.embed.batch_size
     with tempfile.TemporaryDirectory(prefix="semid-batching-") as tmp:
         encoder = load_encoder(base.embed.model, backend, str(Path(tmp) / "onnx"), torch.get_num_threads())

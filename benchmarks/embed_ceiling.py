@@ -27,7 +27,6 @@ benchmarks/results/embed_ceiling.{json,md} with every round, machine, CPU, date,
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -42,12 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.prepare import PARAMS, prepare_dataset  # noqa: E402
+from benchmarks.embed_backends import encoder_parser, parse  # noqa: E402
+from benchmarks.prepare import PARAMS, item_texts  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import load_encoder  # noqa: E402
 from semid.tasks.fsutil import git_sha  # noqa: E402
-from semid.tasks.layout import load_processed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -230,21 +229,11 @@ def write(common: dict, rounds: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="amazon-scientific")
-    ap.add_argument("--texts", type=int, default=512)
-    ap.add_argument("--reps", type=int, default=5)
+    ap = encoder_parser()
     ap.add_argument("--rounds", type=int, default=3, help="whole measurements (this VM's speed drifts by minutes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
     ap.add_argument("--target", type=float, default=1.7, help="the speed-up over torch asked for (issue 14)")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = load_config(PARAMS)
-    prepare_dataset(args.dataset, "validate")
-    texts = load_processed(base, args.dataset)["items"].sort_values("item_id")["text"].fillna("").astype(str)
-    texts = texts.tolist()[: args.texts]
+    args = parse(ap)
+    base, texts = load_config(PARAMS), item_texts(args.dataset, args.texts)
     meta, load_before = machine(), [round(x, 2) for x in os.getloadavg()]
     rounds = []
     for i in range(args.rounds):

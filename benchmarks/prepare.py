@@ -23,3 +23,13 @@ def prepare_dataset(name: str, until: str, sets: list[str] | tuple[str, ...] = (
     out = on_engine(prepare, load_config(PARAMS, overrides))(config=str(PARAMS), overrides=overrides, until=until)
     print(f"  {name} set up: " + ", ".join(f"{k} {v.lower()}" for k, v in out["steps"].items()), flush=True)
     return out
+
+
+def item_texts(name: str, n: int | None = None) -> list[str]:
+    """NAME's item texts (validated, set up first), in item-id order, the first n (all if None); empty for none."""
+    from semid.tasks.config import load_config
+    from semid.tasks.layout import load_processed
+
+    prepare_dataset(name, "validate")
+    items = load_processed(load_config(PARAMS), name)["items"].sort_values("item_id")
+    return items["text"].fillna("").astype(str).tolist()[:n]
