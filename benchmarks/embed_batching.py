@@ -114,8 +114,8 @@ def write(records: list[dict]) -> None:
         lines.append(f"| {r['dataset']} | {r['backend']} | {r['texts']} | {r['mean_chars']:.0f} | {r['tokens_tokens']} "
                      f"| {padding(r, 'old')} | {padding(r, 'new')} | {r['old_texts_per_s']:.1f} "
                      f"| {r['new_texts_per_s']:.1f} | {r['speedup']:.2f} "
-                     f"({', '.join(f'{x:.2f}' for x in r['speedups'])}) | {r.get('cos_mean', float('nan')):.7f} / "
-                     f"{r['cos_min']:.7f} |")
+                     f"({', '.join(f'{x:.2f}' for x in r['speedups'])}) | "
+                     f"{format(r['cos_mean'], '.7f') if 'cos_mean' in r else 'not recorded'} / {r['cos_min']:.7f} |")
     lines.append("")
     for r in records:
         lines.append(f"- {r['dataset']} / {r['backend']}: `{r['command']}`; {r['machine']}, {r['cpu']}, "
