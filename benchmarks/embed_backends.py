@@ -41,6 +41,21 @@ OUT = Path(__file__).resolve().parent / "results"
 TARGET = {"onnx": "ratio >= 1.7, mean cosine >= 0.9999", "onnx-int8": "ratio ~3.5, mean cosine ~0.993"}
 
 
+def paired_passes(encoders: dict, texts: list[str], batch: int, reps: int) -> dict[str, list[float]]:
+    """texts/s of each encoder over the texts, `reps` repetitions of all of them back to back, the order rotating
+    between repetitions (the VM's speed drifts between minutes; a repetition's encoders see the same drift)."""
+    names = list(encoders)
+    speed: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            t0 = time.perf_counter()
+            encoders[name].encode(texts, batch_size=batch, show_progress_bar=False)
+            speed[name].append(len(texts) / (time.perf_counter() - t0))
+        print(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{b} {speed[b][-1]:.1f}" for b in names) + " texts/s",
+              flush=True)
+    return speed
+
+
 def measure(texts: list[str], batch: int, reps: int, onnx_dir: str, threads: int) -> list[dict]:
     """One record per backend: texts/s per repetition, median, median ratio to torch, cosine to torch."""
     encoders = {"torch": load_encoder("all-MiniLM-L6-v2")}
@@ -52,14 +67,7 @@ def measure(texts: list[str], batch: int, reps: int, onnx_dir: str, threads: int
     for name, enc in encoders.items():  # warm-up, and the vectors compared
         enc.encode(texts[:32], batch_size=batch)
         vectors[name] = np.asarray(enc.encode(texts, batch_size=batch, show_progress_bar=False), dtype=np.float32)
-    speed: dict[str, list[float]] = {b: [] for b in BACKENDS}
-    for rep in range(reps):
-        for name in BACKENDS[rep % 3:] + BACKENDS[: rep % 3]:
-            t0 = time.perf_counter()
-            encoders[name].encode(texts, batch_size=batch, show_progress_bar=False)
-            speed[name].append(len(texts) / (time.perf_counter() - t0))
-        print(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{b} {speed[b][-1]:.1f}" for b in BACKENDS) + " texts/s",
-              flush=True)
+    speed = paired_passes(encoders, texts, batch, reps)
     records = []
     for name in BACKENDS:
         ratios = [s / t for s, t in zip(speed[name], speed["torch"], strict=True)]

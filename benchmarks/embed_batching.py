@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.prepare import PARAMS, item_texts  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
-from semid.models.encoder import BACKENDS, token_order  # noqa: E402
+from semid.models.encoder import BACKENDS, token_counts, token_order  # noqa: E402
 from semid.models.onnx_encoder import cosine  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
 from semid.tasks.embed import encode_texts, load_encoder  # noqa: E402
@@ -51,8 +51,7 @@ def old_loop(encoder, texts: list[str], batch: int) -> np.ndarray:
 
 def padded_tokens(st, texts: list[str], batch: int) -> dict[str, int]:
     """Tokens the texts hold, and the tokens each loop's batches compute (the longest text x the batch size)."""
-    counts = np.array([len(ids) for ids in st.tokenizer(texts, truncation=True,
-                                                        max_length=st.max_seq_length)["input_ids"]])
+    counts = token_counts(st, texts)
 
     def work(order: np.ndarray) -> int:
         return int(sum(counts[order[s:s + batch]].max() * len(order[s:s + batch]) for s in range(0, len(order), batch)))

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.embed_backends import encoder_parser, parse  # noqa: E402
+from benchmarks.embed_backends import encoder_parser, paired_passes, parse  # noqa: E402
 from benchmarks.prepare import PARAMS, item_texts  # noqa: E402
 from benchmarks.quantizers import machine, machine_label, write_report  # noqa: E402
 from semid.tasks.config import load_config  # noqa: E402
@@ -49,20 +49,6 @@ from semid.tasks.embed import load_encoder  # noqa: E402
 from semid.tasks.fsutil import git_sha  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def wall(encoders: dict, texts: list[str], batch: int, reps: int) -> dict[str, list[float]]:
-    """Seconds per pass over the texts for each encoder, `reps` passes each after a warm-up, the encoders back to
-    back in alternating order (the VM's speed drifts between minutes; pairs see the same drift)."""
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    for encoder in encoders.values():
-        encoder.encode(texts[:batch], batch_size=batch)
-    for rep in range(reps):
-        for name in (list(encoders) if rep % 2 == 0 else list(encoders)[::-1]):
-            t0 = time.perf_counter()
-            encoders[name].encode(texts, batch_size=batch, show_progress_bar=False)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def profile_torch(st, texts: list[str], batch: int) -> dict:
@@ -157,8 +143,10 @@ def measure(texts: list[str], batch: int, reps: int, threads: int, target: float
     st = load_encoder("all-MiniLM-L6-v2")
     with tempfile.TemporaryDirectory(prefix="semid-onnx-") as onnx_dir:
         onnx = load_encoder("all-MiniLM-L6-v2", "onnx", onnx_dir, threads)
-        seconds = wall({"torch": st, "onnx": onnx}, texts, batch, reps)
-        torch_s, onnx_s = seconds["torch"], seconds["onnx"]
+        for encoder in (st, onnx):  # warm-up
+            encoder.encode(texts[:batch], batch_size=batch)
+        speed = paired_passes({"torch": st, "onnx": onnx}, texts, batch, reps)
+        torch_s, onnx_s = ([len(texts) / x for x in speed[name]] for name in ("torch", "onnx"))
         prof = {"torch": profile_torch(st, texts, batch), "onnx": profile_onnx(onnx, texts, batch, threads)}
     tokens = batch * 64  # a full batch of 64-token texts: the model's typical product height here
     gemm = best_gemm([(tokens, 384, 384), (tokens, 384, 1536), (tokens, 1536, 384), (2048, 2048, 2048)], threads)
